@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Performance benchmark of the api: CPU per request, latency, memory,
+# start-up and shutdown times, against the same binary with logging off and
+# against Debian's nginx.  Not a test: nothing here asserts a timing.
+#
+#   scripts/bench.sh              full run (~10 min), report in target/bench/
+#   scripts/bench.sh --quick      short rounds, for development
+#   scripts/bench.sh --help       all options
+#
+# The measuring is done by scripts/bench/bench.py (Python standard library);
+# this wrapper installs what is missing (wrk, nginx, perf for --profile),
+# raises the open-file limit for the idle-connection run, and makes sure that
+# every process started on the way is gone when it exits, however it exits.
+# Traffic goes to 127.0.0.1 only, and every load loop is bounded in time.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need+=(nginx-light)
+command -v taskset >/dev/null || need+=(util-linux)
+command -v python3 >/dev/null || need+=(python3)
+for a in "$@"; do
+  case "$a" in
+    --profile|--profile-only) command -v perf >/dev/null || need+=(linux-perf) ;;
+  esac
+done
+if ((${#need[@]})); then
+  echo "installing: ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+export PATH="$PATH:/usr/sbin"
+
+# The idle-connection run holds thousands of sockets in the client and the
+# server; keep a soft limit well above that.
+hard="$(ulimit -Hn)"
+if [[ "$hard" == unlimited ]] || ((hard > 65536)); then hard=65536; fi
+ulimit -n "$hard"
+
+# bench.py runs in a session (and process group) of its own; all it starts
+# stays in that group, so the trap can stop everything in one go even if
+# bench.py itself was killed before its own clean-up ran.
+pid=""
+cleanup() {
+  trap - EXIT INT TERM HUP
+  if [[ -n "$pid" ]] && kill -0 -- "-$pid" 2>/dev/null; then
+    kill -TERM -- "-$pid" 2>/dev/null || true
+    for _ in $(seq 50); do
+      kill -0 -- "-$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+  fi
+}
+trap cleanup EXIT
+trap 'cleanup; exit 130' INT TERM HUP
+
+cmdline="scripts/bench.sh"
+for a in "$@"; do
+  if [[ "$a" =~ ^[A-Za-z0-9_./=:,+-]+$ ]]; then cmdline+=" $a"; else cmdline+=" $(printf '%q' "$a")"; fi
+done
+
+setsid python3 "$repo/scripts/bench/bench.py" --command "$cmdline" "$@" &
+pid=$!
+rc=0
+wait "$pid" || rc=$?
+pid=""
+exit "$rc"
