@@ -585,13 +585,17 @@ def profile(variant, workload, args, out_dir):
         perf.communicate(timeout=args.duration + 30)
         srv.stop()
         res["cpu_us_per_req"] = (t1 - t0) / CLK_TCK * 1e6 / max(1, w["requests"])
-        rep = subprocess.run(
-            ["perf", "report", "-i", data, "--stdio", "--no-children",
-             "-g", "none", "--sort", "dso,symbol", "--percent-limit", "0.5"],
-            capture_output=True, timeout=300)
-        lines = [l for l in rep.stdout.decode("utf-8", "replace").splitlines()
-                 if l.strip() and not l.startswith("#")]
-        res["top"] = lines[: args.profile_top]
+        def report(*extra):
+            rep = subprocess.run(
+                ["perf", "report", "-i", data, "--stdio", "--no-children",
+                 "-g", "none", *extra], capture_output=True, timeout=300)
+            return [l.rstrip() for l in
+                    rep.stdout.decode("utf-8", "replace").splitlines()
+                    if l.strip() and not l.startswith("#")]
+
+        res["by_dso"] = report("--sort", "dso", "--percent-limit", "1")
+        res["top"] = report("-F", "overhead,dso,sym", "--percent-limit",
+                            "0.3")[: args.profile_top]
         res["data"] = data
     except (ServerFailed, subprocess.SubprocessError, OSError) as e:
         res["error"] = str(e)
@@ -892,6 +896,11 @@ def render(meta, runs, conns, profiles, args):
             L.append("```")
             if "error" in p:
                 L.append("error: " + p["error"])
+            if p.get("by_dso"):
+                L.append("by object:")
+                L.extend(p["by_dso"])
+                L.append("")
+                L.append(f"top {args.profile_top} symbols (self):")
             L.extend(p.get("top", []))
             L.append("```")
             L.append("")
