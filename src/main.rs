@@ -1,3 +1,105 @@
-fn main() {
-    println!("Hello, world!");
+//! The `api` binary: parse the configuration, open the log, bind, serve until signalled.
+//! Exit codes: 0 after a clean shutdown (or `--help`, `--version`, a healthy probe),
+//! 1 for a runtime failure (log file, port, forced shutdown, unhealthy probe),
+//! 2 for bad usage or configuration.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use api::config::{self, Command, Config};
+use api::logging::{self, Sink};
+use api::routes::App;
+use api::{health, server, shutdown};
+
+fn main() -> ExitCode {
+    let command = match config::parse(std::env::args_os().skip(1), |k| std::env::var_os(k)) {
+        Ok(command) => command,
+        Err(e) => {
+            eprintln!("error: {e}\n\n{}", config::help());
+            return ExitCode::from(2);
+        }
+    };
+    match command {
+        Command::Help => {
+            print!("{}", config::help());
+            ExitCode::SUCCESS
+        }
+        Command::Version => {
+            println!("api {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Healthcheck(cfg) => report(health::probe(&cfg)),
+        Command::PrepareLogs(cfg, uid, gid) => {
+            report(logging::prepare_dir(&cfg.log_file, uid, gid))
+        }
+        Command::Serve(cfg) => serve(cfg),
+    }
+}
+
+/// Prints a one-line outcome; failure is exit 1 (never 2, which Docker's HEALTHCHECK reserves).
+fn report(outcome: Result<String, String>) -> ExitCode {
+    match outcome {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(line) => {
+            eprintln!("{line}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(cfg: Config) -> ExitCode {
+    let sink = match Sink::open(&cfg.log_file, cfg.log_level) {
+        Ok(sink) => sink,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    logging::init(cfg.log_level, &sink).expect("the logger is installed once, here");
+
+    let mut runtime = match cfg.workers {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if cfg.workers > 1 {
+        runtime.worker_threads(cfg.workers);
+    }
+    let runtime = match runtime.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let result = runtime.block_on(async {
+        let listener = server::bind(SocketAddr::new(cfg.host, cfg.port)).await?;
+        let shutdown = shutdown::listen(sink.clone())?;
+        log::info!(
+            addr:% = listener.local_addr()?,
+            version = env!("CARGO_PKG_VERSION"),
+            log_file:% = cfg.log_file.display(),
+            log_level:% = cfg.log_level.as_str().to_ascii_lowercase(),
+            max_connections = cfg.max_connections as u64,
+            max_body_bytes = cfg.max_body_bytes as u64,
+            grace_ms = cfg.grace.as_millis() as u64;
+            "listening"
+        );
+        api::run(listener, Arc::new(App::new(cfg, sink.clone())), shutdown).await
+    });
+    // Connections still open after a forced shutdown are dropped with the runtime.
+    runtime.shutdown_background();
+    let code = match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    };
+    sink.close();
+    code
 }

@@ -1,0 +1,78 @@
+//! Errors at the HTTP boundary. Each maps to one status and a JSON body `{"error": "..."}`;
+//! the handlers return them with `?` and the router turns them into responses.
+
+use hyper::header::{ALLOW, CONNECTION, HeaderValue};
+use hyper::{Response, StatusCode};
+use serde_json::json;
+
+use crate::body::{self, Body};
+
+/// A request the service refuses or cannot serve.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: malformed JSON or an unreadable body; the text says where.
+    BadRequest(String),
+    NotFound,
+    /// 405, with the methods the path allows.
+    MethodNotAllowed(&'static str),
+    /// 408: the body did not arrive within the body timeout.
+    Timeout,
+    /// 413, with the limit in bytes.
+    TooLarge(usize),
+    /// 415.
+    UnsupportedMediaType,
+    /// 422: JSON of the wrong shape; the text names the field.
+    Unprocessable(String),
+    /// 431, with the limit that was exceeded.
+    HeadersTooLarge(String),
+    /// 503: the work could not be done (the log could not be written).
+    Unavailable(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            ApiError::BadRequest(m) | ApiError::Unprocessable(m) | ApiError::Unavailable(m) => {
+                m.clone()
+            }
+            ApiError::NotFound => "no such route".into(),
+            ApiError::MethodNotAllowed(allow) => format!("method not allowed; use {allow}"),
+            ApiError::Timeout => "the request body did not arrive in time".into(),
+            ApiError::TooLarge(limit) => format!("request body larger than {limit} bytes"),
+            ApiError::UnsupportedMediaType => "Content-Type must be application/json".into(),
+            ApiError::HeadersTooLarge(m) => m.clone(),
+        }
+    }
+
+    /// The JSON answer. Errors raised before the body was read close the connection, since
+    /// the unread body would otherwise be parsed as the next request.
+    pub fn into_response(self) -> Response<Body> {
+        let mut resp = body::json(self.status(), &json!({ "error": self.message() }));
+        match self {
+            ApiError::MethodNotAllowed(allow) => {
+                resp.headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static(allow));
+            }
+            ApiError::Timeout | ApiError::TooLarge(_) | ApiError::HeadersTooLarge(_) => {
+                resp.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}

@@ -1,0 +1,80 @@
+//! Health, both sides: the `/health` handler, and the `--healthcheck` probe that a scratch
+//! image runs as its Docker HEALTHCHECK (no shell or curl there). The probe speaks just
+//! enough HTTP/1.1 over a blocking socket to need no runtime, and starts no server and no log.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use hyper::body::Bytes;
+use hyper::{Response, StatusCode};
+use serde_json::json;
+
+use crate::body::{self, Body};
+use crate::config::Config;
+use crate::logging::Sink;
+
+/// User-Agent prefix of the probe; its requests are access-logged at debug level only.
+pub const PROBE_AGENT: &[u8] = b"api-healthcheck/";
+
+/// Whole-probe budget; Docker's own timeout (3 s in the Dockerfile) is the outer bound.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `GET /health`: 200 `{"status":"ok"}` while the log can be written, else 503 with the reason.
+pub fn respond(sink: &Sink) -> Response<Body> {
+    match sink.failure() {
+        None => body::json_bytes(StatusCode::OK, Bytes::from_static(br#"{"status":"ok"}"#)),
+        Some(reason) => body::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "status": "unavailable", "reason": reason }),
+        ),
+    }
+}
+
+/// Probes `GET /health` of the server `cfg` describes. `Ok` holds the line to print for a
+/// healthy answer, `Err` the line for anything else.
+pub fn probe(cfg: &Config) -> Result<String, String> {
+    // A wildcard listen address is reachable on loopback.
+    let ip = match cfg.host {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let addr = SocketAddr::new(ip, cfg.port);
+    let unhealthy = |why: String| format!("unhealthy: {addr}: {why}");
+
+    let mut stream = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT)
+        .map_err(|e| unhealthy(format!("cannot connect: {e}")))?;
+    stream
+        .set_read_timeout(Some(PROBE_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(PROBE_TIMEOUT)))
+        .map_err(|e| unhealthy(e.to_string()))?;
+    let request = format!(
+        "GET /health HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: api-healthcheck/{}\r\nConnection: close\r\n\r\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| unhealthy(format!("cannot send: {e}")))?;
+
+    // The answer is small; read to EOF (Connection: close) but never more than 64 KiB.
+    let mut answer = Vec::with_capacity(512);
+    stream
+        .take(64 * 1024)
+        .read_to_end(&mut answer)
+        .map_err(|e| unhealthy(format!("no answer: {e}")))?;
+    let text = String::from_utf8_lossy(&answer);
+    let status_line = text.lines().next().unwrap_or("");
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).trim();
+    let status = status_line.split(' ').nth(1).unwrap_or("");
+    let ok = status == "200"
+        && serde_json::from_str::<serde_json::Value>(body)
+            .is_ok_and(|v| v.get("status").and_then(|s| s.as_str()) == Some("ok"));
+    if ok {
+        Ok(format!("healthy: {addr} answered 200 {body}"))
+    } else if status.is_empty() {
+        Err(unhealthy("no HTTP answer".into()))
+    } else {
+        Err(unhealthy(format!("answered {status} {body}")))
+    }
+}

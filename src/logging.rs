@@ -1,0 +1,559 @@
+//! The log file: one JSON object per line, written by a single writer thread.
+//!
+//! Three kinds of record share the file. *Access* records (one per request) are buffered and
+//! reach the file within [`FLUSH_INTERVAL`]; a request never waits for the disk. *Event*
+//! records are durable: [`Sink::append_durable`] resolves only after the `write(2)` that
+//! carried the record returned, so `POST /events` can acknowledge honestly. Events that arrive
+//! together share one write (group commit). *Diagnostics* (startup, warnings, errors) go
+//! through `log` and fern, which copies them to stderr for `docker logs` and into the sink.
+//!
+//! Every batch is one `write` on a file opened with `O_APPEND`, so replicas appending to the
+//! same bind-mounted file never interleave inside a line. A failed write marks the sink
+//! unhealthy (read by `/health`) until a later write succeeds; the writer retries with a
+//! notice record every [`FLUSH_INTERVAL`] so that health recovers by itself when space returns.
+
+use std::fmt::Write as _;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::Duration;
+
+use log::{Level, LevelFilter};
+use time::OffsetDateTime;
+use tokio::sync::oneshot;
+
+/// Longest time a buffered record waits before the writer thread writes it.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Buffered bytes that make the writer flush at once instead of waiting for the interval.
+const FLUSH_BYTES: usize = 32 * 1024;
+
+/// Appends JSON lines to the log file; cheap to clone, shared by every connection.
+#[derive(Clone)]
+pub struct Sink(Arc<Shared>);
+
+struct Shared {
+    path: PathBuf,
+    access: bool,
+    debug: bool,
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    /// Why the last write failed, while no later write has succeeded.
+    failure: Mutex<Option<String>>,
+    failed: AtomicBool,
+    writer: Mutex<Option<thread::JoinHandle<()>>>,
+}
+
+type Ack = oneshot::Sender<Result<(), String>>;
+
+#[derive(Default)]
+struct Pending {
+    buf: Vec<u8>,
+    /// Durable appends waiting for the write that carries `buf[..end]`.
+    acks: Vec<(usize, Ack)>,
+    flush_now: bool,
+    reopen: bool,
+    closing: bool,
+}
+
+/// The log file could not be opened for append; the message says what to do.
+#[derive(Debug)]
+pub struct OpenError(String);
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+impl Sink {
+    /// Opens (creating if needed) `path` and its directory, and starts the writer thread.
+    /// `level` decides whether access records (info) and health-probe records (debug) are kept.
+    pub fn open(path: &Path, level: LevelFilter) -> Result<Sink, OpenError> {
+        let file = open_append(path).map_err(|e| open_error(path, &e))?;
+        let shared = Arc::new(Shared {
+            path: path.to_path_buf(),
+            access: level >= LevelFilter::Info,
+            debug: level >= LevelFilter::Debug,
+            pending: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+            failure: Mutex::new(None),
+            failed: AtomicBool::new(false),
+            writer: Mutex::new(None),
+        });
+        let worker = Arc::clone(&shared);
+        let handle = thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || writer_loop(&worker, file))
+            .map_err(|e| OpenError(format!("cannot start the log writer thread: {e}")))?;
+        *lock(&shared.writer) = Some(handle);
+        Ok(Sink(shared))
+    }
+
+    /// The log file's path.
+    pub fn path(&self) -> &Path {
+        &self.0.path
+    }
+
+    /// Whether records of `level` are kept (access records are info, probe records debug).
+    pub fn enabled(&self, level: Level) -> bool {
+        match level {
+            Level::Error | Level::Warn => true,
+            Level::Info => self.0.access,
+            Level::Debug | Level::Trace => self.0.debug,
+        }
+    }
+
+    /// Why the log cannot be written, if the last write failed and none succeeded since.
+    pub fn failure(&self) -> Option<String> {
+        if !self.0.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        lock(&self.0.failure).clone()
+    }
+
+    /// Buffers one record; `fill` writes its fields after `ts`, `level` and `msg`.
+    pub fn record(&self, level: Level, msg: &str, fill: impl FnOnce(&mut Line<'_>)) {
+        let mut p = lock(&self.0.pending);
+        let was_empty = p.buf.is_empty();
+        let mut line = Line::start(&mut p.buf, level, msg);
+        fill(&mut line);
+        line.finish();
+        let full = p.buf.len() >= FLUSH_BYTES;
+        p.flush_now |= full;
+        drop(p);
+        // An idle writer sleeps without a timeout; the first record starts its interval.
+        if was_empty || full {
+            self.0.wake.notify_one();
+        }
+    }
+
+    /// Buffers a line that is already formatted (fern's output), adding the newline.
+    fn raw(&self, line: &std::fmt::Arguments<'_>) {
+        let mut p = lock(&self.0.pending);
+        let was_empty = p.buf.is_empty();
+        // Writing into a Vec cannot fail.
+        let _ = p.buf.write_fmt(*line);
+        p.buf.push(b'\n');
+        drop(p);
+        if was_empty {
+            self.0.wake.notify_one();
+        }
+    }
+
+    /// Appends `line` (a whole record ending in `\n`, or nothing) and resolves once the write
+    /// carrying it, and everything buffered before it, has returned. `Err` says why not.
+    pub async fn append_durable(&self, line: &[u8]) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut p = lock(&self.0.pending);
+            if p.closing {
+                return Err("the log is closed: the service is shutting down".into());
+            }
+            p.buf.extend_from_slice(line);
+            let end = p.buf.len();
+            p.acks.push((end, tx));
+            p.flush_now = true;
+        }
+        self.0.wake.notify_one();
+        rx.await
+            .unwrap_or_else(|_| Err("the log writer stopped before writing the record".into()))
+    }
+
+    /// Writes everything buffered so far; resolves when it is in the file.
+    pub async fn flush(&self) -> Result<(), String> {
+        self.append_durable(b"").await
+    }
+
+    /// Writes what is buffered to the current file, then opens the path anew (SIGHUP, after
+    /// logrotate renamed the file).
+    pub fn reopen(&self) {
+        lock(&self.0.pending).reopen = true;
+        self.0.wake.notify_one();
+    }
+
+    /// Writes everything buffered and stops the writer thread. Later records are dropped.
+    pub fn close(&self) {
+        lock(&self.0.pending).closing = true;
+        self.0.wake.notify_one();
+        if let Some(handle) = lock(&self.0.writer).take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Locks `m`, ignoring poisoning: every critical section here leaves the data consistent.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn writer_loop(shared: &Shared, mut file: File) {
+    let mut batch = Vec::with_capacity(FLUSH_BYTES * 2);
+    let mut acks: Vec<(usize, Ack)> = Vec::new();
+    // Records that could not be written while the file was failing.
+    let mut unwritten: u64 = 0;
+    loop {
+        let (reopen, closing) = {
+            let mut p = lock(&shared.pending);
+            loop {
+                if p.flush_now || p.reopen || p.closing {
+                    break;
+                }
+                let failing = shared.failed.load(Ordering::Acquire);
+                if p.buf.is_empty() && !failing {
+                    p = shared.wake.wait(p).unwrap_or_else(|e| e.into_inner());
+                    continue;
+                }
+                let (guard, timeout) = shared
+                    .wake
+                    .wait_timeout(p, FLUSH_INTERVAL)
+                    .unwrap_or_else(|e| e.into_inner());
+                p = guard;
+                if timeout.timed_out() {
+                    break;
+                }
+            }
+            std::mem::swap(&mut p.buf, &mut batch);
+            std::mem::swap(&mut p.acks, &mut acks);
+            p.flush_now = false;
+            (std::mem::take(&mut p.reopen), p.closing)
+        };
+
+        // While failing, lead every attempt with a notice, so that an idle service still
+        // probes the disk and its health recovers once a write goes through.
+        let mut offset = 0;
+        let failing = shared.failed.load(Ordering::Acquire);
+        if failing {
+            let reason = lock(&shared.failure).clone().unwrap_or_default();
+            let mut notice = Vec::with_capacity(256);
+            let mut line = Line::start(&mut notice, Level::Warn, "log file writable again");
+            line.str("previous_error", &reason)
+                .u64("unwritten_records", unwritten);
+            line.finish();
+            offset = notice.len();
+            batch.splice(0..0, notice);
+        }
+
+        let (written, error) = write_batch(&mut file, &batch);
+        for (end, ack) in acks.drain(..) {
+            let result = if end + offset <= written {
+                Ok(())
+            } else {
+                Err(format!(
+                    "cannot write {}: {}",
+                    shared.path.display(),
+                    describe(&error)
+                ))
+            };
+            let _ = ack.send(result);
+        }
+        match error {
+            None => {
+                if failing {
+                    shared.failed.store(false, Ordering::Release);
+                    *lock(&shared.failure) = None;
+                    unwritten = 0;
+                    log::warn!("log file {} is writable again", shared.path.display());
+                }
+            }
+            Some(e) => {
+                let unwritten_part = &batch[written.max(offset)..];
+                unwritten += unwritten_part.iter().filter(|&&b| b == b'\n').count() as u64;
+                let reason = format!("cannot write {}: {e}", shared.path.display());
+                if !failing {
+                    // stderr directly: the file is what failed.
+                    eprintln!("{}", diagnostic_line(Level::Error, &reason));
+                }
+                *lock(&shared.failure) = Some(reason);
+                shared.failed.store(true, Ordering::Release);
+            }
+        }
+        batch.clear();
+
+        if reopen {
+            match open_append(&shared.path) {
+                Ok(f) => file = f,
+                Err(e) => eprintln!(
+                    "{}",
+                    diagnostic_line(Level::Error, &open_error(&shared.path, &e).to_string())
+                ),
+            }
+        }
+        if closing {
+            let _ = file.flush();
+            return;
+        }
+    }
+}
+
+fn describe(error: &Option<io::Error>) -> String {
+    match error {
+        Some(e) => e.to_string(),
+        None => "an earlier record in the same write failed".into(),
+    }
+}
+
+/// Writes `buf` with as few `write` calls as the kernel allows (one, unless the disk fills).
+/// Returns how many bytes reached the file, and the error that stopped it. A line cut short by
+/// a failure is truncated away, so that the file never holds a torn record.
+fn write_batch(file: &mut File, buf: &[u8]) -> (usize, Option<io::Error>) {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.write(&buf[done..]) {
+            Ok(0) => return cut_torn_line(file, buf, done, io::ErrorKind::WriteZero.into()),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return cut_torn_line(file, buf, done, e),
+        }
+    }
+    (done, None)
+}
+
+fn cut_torn_line(file: &File, buf: &[u8], done: usize, e: io::Error) -> (usize, Option<io::Error>) {
+    let whole = buf[..done]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let torn = (done - whole) as u64;
+    if torn > 0 {
+        // Another process appending in this instant would lose its tail too; a full disk
+        // leaves no better choice, and without this the file would hold half a line.
+        if let Ok(meta) = file.metadata() {
+            let _ = file.set_len(meta.len().saturating_sub(torn));
+        }
+    }
+    (whole, Some(e))
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir)?;
+    }
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o644)
+        .open(path)
+}
+
+/// The uid this process runs as, read from procfs (no libc needed; `/proc/self` belongs to it).
+pub fn current_uid() -> Option<u32> {
+    fs::metadata("/proc/self").ok().map(|m| m.uid())
+}
+
+fn open_error(path: &Path, e: &io::Error) -> OpenError {
+    let uid = current_uid().map_or_else(|| "unknown".to_string(), |u| u.to_string());
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let hint = match e.kind() {
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => format!(
+            "make {} writable by uid {uid} (e.g. `sudo chown {uid} {}`, or run `api --prepare-logs {uid}:{uid}` as root), or set LOG_FILE to a writable path",
+            dir.display(),
+            dir.display()
+        ),
+        _ => "check the path, or set LOG_FILE to a writable file".to_string(),
+    };
+    OpenError(format!(
+        "cannot open log file {} for appending as uid {uid}: {e}; {hint}",
+        path.display()
+    ))
+}
+
+/// `--prepare-logs UID:GID`: creates the log directory and hands it (and an existing log
+/// file) to `uid:gid`, readable by everyone, so the unprivileged service can write and the
+/// host user can read. Meant for a one-shot root container before the service starts.
+pub fn prepare_dir(path: &Path, uid: u32, gid: u32) -> Result<String, String> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let fail = |what: &str, p: &Path, e: io::Error| format!("cannot {what} {}: {e}", p.display());
+    fs::create_dir_all(dir).map_err(|e| fail("create", dir, e))?;
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(|e| fail("chown", dir, e))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
+        .map_err(|e| fail("chmod", dir, e))?;
+    if path.exists() {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| fail("chown", path, e))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o644))
+            .map_err(|e| fail("chmod", path, e))?;
+    }
+    Ok(format!(
+        "log directory {} ready for {uid}:{gid}",
+        dir.display()
+    ))
+}
+
+/// Builds one JSON record in a buffer: `{"ts":…,"level":…,"msg":…` then fields, then `}\n`.
+/// Strings go through serde_json's escaper, so no input can break the line or add a field.
+pub struct Line<'a> {
+    buf: &'a mut Vec<u8>,
+}
+
+impl<'a> Line<'a> {
+    /// Starts a record stamped now.
+    pub fn start(buf: &'a mut Vec<u8>, level: Level, msg: &str) -> Line<'a> {
+        Line::start_at(buf, OffsetDateTime::now_utc(), level, msg)
+    }
+
+    /// Starts a record stamped `ts`.
+    pub fn start_at(buf: &'a mut Vec<u8>, ts: OffsetDateTime, level: Level, msg: &str) -> Line<'a> {
+        buf.extend_from_slice(b"{\"ts\":\"");
+        write_timestamp(buf, ts);
+        buf.extend_from_slice(b"\",\"level\":\"");
+        buf.extend_from_slice(level_name(level).as_bytes());
+        buf.extend_from_slice(b"\",\"msg\":");
+        json_str(buf, msg);
+        Line { buf }
+    }
+
+    /// Adds a string field.
+    pub fn str(&mut self, key: &str, value: &str) -> &mut Self {
+        self.key(key);
+        json_str(self.buf, value);
+        self
+    }
+
+    /// Adds a string field from bytes that may not be UTF-8 (invalid sequences become U+FFFD).
+    pub fn bytes(&mut self, key: &str, value: &[u8]) -> &mut Self {
+        self.str(key, &String::from_utf8_lossy(value))
+    }
+
+    /// Adds a number field.
+    pub fn u64(&mut self, key: &str, value: u64) -> &mut Self {
+        self.key(key);
+        let _ = write!(self.buf, "{value}");
+        self
+    }
+
+    /// Adds a field whose value is already-serialised JSON.
+    pub fn json(&mut self, key: &str, value: &serde_json::Value) -> &mut Self {
+        self.key(key);
+        serde_json::to_writer(&mut *self.buf, value).expect("a Value always serialises into a Vec");
+        self
+    }
+
+    fn key(&mut self, key: &str) {
+        self.buf.push(b',');
+        json_str(self.buf, key);
+        self.buf.push(b':');
+    }
+
+    /// Closes the record and its line.
+    pub fn finish(self) {
+        self.buf.extend_from_slice(b"}\n");
+    }
+}
+
+fn json_str(buf: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(&mut *buf, s).expect("a str always serialises into a Vec");
+}
+
+fn level_name(level: Level) -> &'static str {
+    match level {
+        Level::Error => "error",
+        Level::Warn => "warn",
+        Level::Info => "info",
+        Level::Debug => "debug",
+        Level::Trace => "trace",
+    }
+}
+
+/// RFC 3339 in UTC with milliseconds: `2026-11-26T05:20:15.123Z`.
+pub fn write_timestamp(buf: &mut Vec<u8>, t: OffsetDateTime) {
+    let (h, mi, s, ms) = t.to_hms_milli();
+    let _ = write!(
+        buf,
+        "{:04}-{:02}-{:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day()
+    );
+}
+
+/// A timestamp as a string (for JSON answers such as `received_at`).
+pub fn timestamp(t: OffsetDateTime) -> String {
+    let mut buf = Vec::with_capacity(24);
+    write_timestamp(&mut buf, t);
+    String::from_utf8(buf).expect("a timestamp is ASCII")
+}
+
+/// A diagnostic record without fields, for stderr when the sink itself is the problem.
+fn diagnostic_line(level: Level, msg: &str) -> String {
+    let mut buf = Vec::with_capacity(128);
+    Line::start(&mut buf, level, msg).finish();
+    buf.pop();
+    String::from_utf8(buf).expect("records are UTF-8")
+}
+
+/// Installs the global logger: diagnostics at `level` go to stderr and into `sink`, as JSON
+/// lines. Key-value pairs given to `log` macros become fields.
+pub fn init(level: LevelFilter, sink: &Sink) -> Result<(), log::SetLoggerError> {
+    let file = sink.clone();
+    fern::Dispatch::new()
+        .level(level)
+        .format(|out, message, record| {
+            let mut buf = Vec::with_capacity(256);
+            let mut line = Line::start(&mut buf, record.level(), &message.to_string());
+            let mut fields = Fields(&mut line);
+            let _ = record.key_values().visit(&mut fields);
+            line.finish();
+            buf.pop();
+            out.finish(format_args!("{}", String::from_utf8_lossy(&buf)))
+        })
+        .chain(io::stderr())
+        .chain(fern::Output::call(move |record| file.raw(record.args())))
+        .apply()
+}
+
+struct Fields<'a, 'b>(&'a mut Line<'b>);
+
+impl<'kvs> log::kv::VisitSource<'kvs> for Fields<'_, '_> {
+    fn visit_pair(
+        &mut self,
+        key: log::kv::Key<'kvs>,
+        value: log::kv::Value<'kvs>,
+    ) -> Result<(), log::kv::Error> {
+        match value.to_u64() {
+            Some(n) => self.0.u64(key.as_str(), n),
+            None => {
+                let mut s = String::new();
+                let _ = write!(s, "{value}");
+                self.0.str(key.as_str(), &s)
+            }
+        };
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_strings_stay_on_one_line() {
+        let mut buf = Vec::new();
+        let mut line = Line::start(&mut buf, Level::Info, "m");
+        line.str("a", "x\n{\"level\":\"error\"}\r\u{1b}[31m\u{0}")
+            .bytes("b", b"\xff\xfe");
+        line.finish();
+        assert_eq!(buf.iter().filter(|&&b| b == b'\n').count(), 1);
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["a"], "x\n{\"level\":\"error\"}\r\u{1b}[31m\u{0}");
+        assert_eq!(v["b"], "\u{fffd}\u{fffd}");
+        assert_eq!(v["level"], "info");
+    }
+
+    #[test]
+    fn timestamp_is_rfc3339_utc_millis() {
+        let t = OffsetDateTime::from_unix_timestamp_nanos(1_764_134_415_123_456_789).unwrap();
+        assert_eq!(timestamp(t), "2025-11-26T05:20:15.123Z");
+    }
+}
