@@ -73,7 +73,7 @@ const SETTINGS: &[Setting] = &[
         flag: "--port",
         env: "PORT",
         default: "8000",
-        help: "listen port",
+        help: "listen port (0: any free port)",
     },
     Setting {
         flag: "--log-file",
@@ -248,7 +248,11 @@ where
         host: typed(get("--host"), "an IP address such as 0.0.0.0", |s| {
             IpAddr::from_str(s).map_err(drop)
         })?,
-        port: typed(get("--port"), "a port number 1-65535", parse_port)?,
+        port: typed(
+            get("--port"),
+            "a port number 0-65535 (0: any free port)",
+            parse_port,
+        )?,
         log_file: typed(get("--log-file"), "a file path", |s| {
             if s.is_empty() {
                 Err(())
@@ -343,10 +347,7 @@ fn typed<T>(
 }
 
 fn parse_port(s: &str) -> Result<u16, ()> {
-    match s.parse::<u16>() {
-        Ok(0) | Err(_) => Err(()),
-        Ok(p) => Ok(p),
-    }
+    s.parse::<u16>().map_err(drop)
 }
 
 fn positive(s: &str) -> Result<usize, ()> {
@@ -486,7 +487,7 @@ mod tests {
         let e = parse(["--port", "70000"], env_of(&[])).unwrap_err();
         assert_eq!(
             e.0,
-            "invalid value '70000' for --port: expected a port number 1-65535"
+            "invalid value '70000' for --port: expected a port number 0-65535 (0: any free port)"
         );
         let e = parse(Vec::<String>::new(), env_of(&[("LOG_LEVEL", "loud")])).unwrap_err();
         assert!(e.0.contains("'loud' for LOG_LEVEL"), "{e}");

@@ -12,7 +12,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -71,16 +71,16 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
         };
         // Small JSON answers: don't let Nagle hold them back.
         let _ = stream.set_nodelay(true);
-        let awaiting_head = Arc::new(AtomicBool::new(true));
-        let io = HeadTimeout::new(stream, Arc::clone(&awaiting_head), app.cfg.header_timeout);
+        let activity = Arc::new(Activity::default());
+        let io = HeadTimeout::new(stream, Arc::clone(&activity), app.cfg.header_timeout);
         let app = Arc::clone(&app);
         let service = service_fn(move |req: Request<Incoming>| {
             let app = Arc::clone(&app);
-            let awaiting_head = Arc::clone(&awaiting_head);
+            let activity = Arc::clone(&activity);
+            activity.started.fetch_add(1, Ordering::AcqRel);
             async move {
-                awaiting_head.store(false, Ordering::Release);
                 let resp = routes::handle(&app, req, peer).await;
-                awaiting_head.store(true, Ordering::Release);
+                activity.finished.fetch_add(1, Ordering::AcqRel);
                 Ok::<_, std::convert::Infallible>(resp)
             }
         });
@@ -142,27 +142,35 @@ pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     })
 }
 
-/// The socket, plus the slow-head guard: while a head is awaited and its first byte has
-/// arrived (or the connection is new), reads fail with `TimedOut` once `limit` has passed.
-/// The service clears `awaiting_head` when hyper hands it a request and sets it again when
-/// the answer is ready, so bodies and idle keep-alive time are not counted.
+/// Requests a connection has begun (hyper parsed their head) and finished answering.
+#[derive(Default)]
+struct Activity {
+    started: AtomicU32,
+    finished: AtomicU32,
+}
+
+/// The socket, plus the slow-head guard: once a request head has begun (its first byte read
+/// while no request is in progress), or the connection is new, reads fail with `TimedOut`
+/// if that head is not complete within `limit`. Bodies and idle keep-alive time are not
+/// counted: the clock only runs between a head's first byte and hyper handing it over.
 struct HeadTimeout {
     io: TcpStream,
-    awaiting_head: Arc<AtomicBool>,
+    activity: Arc<Activity>,
     limit: Duration,
     deadline: Pin<Box<Sleep>>,
-    armed: bool,
+    /// The head being timed is the one after this many started requests.
+    armed: Option<u32>,
 }
 
 impl HeadTimeout {
-    fn new(io: TcpStream, awaiting_head: Arc<AtomicBool>, limit: Duration) -> HeadTimeout {
+    fn new(io: TcpStream, activity: Arc<Activity>, limit: Duration) -> HeadTimeout {
         let deadline = Box::pin(tokio::time::sleep(limit));
         HeadTimeout {
             io,
-            awaiting_head,
+            activity,
             limit,
             deadline,
-            armed: true,
+            armed: Some(0),
         }
     }
 }
@@ -174,11 +182,12 @@ impl AsyncRead for HeadTimeout {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        let awaiting = this.awaiting_head.load(Ordering::Acquire);
-        if !awaiting {
-            this.armed = false;
+        let started = this.activity.started.load(Ordering::Acquire);
+        let busy = started != this.activity.finished.load(Ordering::Acquire);
+        if this.armed.is_some_and(|at| at != started) {
+            this.armed = None; // the timed head arrived
         }
-        if this.armed && this.deadline.as_mut().poll(cx).is_ready() {
+        if this.armed.is_some() && this.deadline.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "request head not received in time",
@@ -186,8 +195,8 @@ impl AsyncRead for HeadTimeout {
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
-        if awaiting && !this.armed && buf.filled().len() > before {
-            this.armed = true;
+        if this.armed.is_none() && !busy && buf.filled().len() > before {
+            this.armed = Some(started);
             this.deadline.as_mut().reset(Instant::now() + this.limit);
             // Register the timer's waker, so a client that goes quiet is still timed out.
             let _ = this.deadline.as_mut().poll(cx);

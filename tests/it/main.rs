@@ -1,0 +1,18 @@
+//! The integration tests: one crate, one module per area, all over real sockets and files.
+
+mod support;
+
+/// Slow, vanishing and flooding clients.
+mod abuse;
+/// kill -9, SIGTERM under load, full disks.
+mod crash;
+/// Hostile input over raw TCP, from the case table in tests/data/.
+mod hostile;
+/// Body, head and time limits.
+mod limits;
+/// Log records: format, escaping, durability, rotation, concurrent writers.
+mod logs;
+/// The binary: configuration errors, signals, `--healthcheck`.
+mod process;
+/// Routes, statuses, bodies and headers.
+mod routes;
