@@ -56,7 +56,8 @@ struct Pending {
     /// Durable appends waiting for the write that carries `buf[..end]`.
     acks: Vec<(usize, Ack)>,
     flush_now: bool,
-    reopen: bool,
+    /// Reopen requests, answered once the file at the path is open.
+    reopen: Vec<Ack>,
     closing: bool,
 }
 
@@ -172,10 +173,12 @@ impl Sink {
     }
 
     /// Writes what is buffered to the current file, then opens the path anew (SIGHUP, after
-    /// logrotate renamed the file).
-    pub fn reopen(&self) {
-        lock(&self.0.pending).reopen = true;
+    /// logrotate renamed the file). Resolves once the new file is in use, or says why not.
+    pub async fn reopen(&self) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.0.pending).reopen.push(tx);
         self.0.wake.notify_one();
+        rx.await.unwrap_or_else(|_| Err("the log writer stopped before reopening".into()))
     }
 
     /// Writes everything buffered and stops the writer thread. Later records are dropped.
@@ -202,7 +205,7 @@ fn writer_loop(shared: &Shared, mut file: File) {
         let (reopen, closing) = {
             let mut p = lock(&shared.pending);
             loop {
-                if p.flush_now || p.reopen || p.closing {
+                if p.flush_now || !p.reopen.is_empty() || p.closing {
                     break;
                 }
                 let failing = shared.failed.load(Ordering::Acquire);
@@ -276,13 +279,21 @@ fn writer_loop(shared: &Shared, mut file: File) {
         }
         batch.clear();
 
-        if reopen {
-            match open_append(&shared.path) {
-                Ok(f) => file = f,
-                Err(e) => eprintln!(
-                    "{}",
-                    diagnostic_line(Level::Error, &open_error(&shared.path, &e).to_string())
-                ),
+        if !reopen.is_empty() {
+            let result = match open_append(&shared.path) {
+                Ok(f) => {
+                    file = f;
+                    Ok(())
+                }
+                Err(e) => {
+                    // Keep writing to the old file: a record there beats a record lost.
+                    let msg = open_error(&shared.path, &e).to_string();
+                    eprintln!("{}", diagnostic_line(Level::Error, &msg));
+                    Err(msg)
+                }
+            };
+            for ack in reopen {
+                let _ = ack.send(result.clone());
             }
         }
         if closing {

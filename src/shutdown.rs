@@ -66,7 +66,9 @@ pub fn listen(sink: Sink) -> io::Result<Shutdown> {
                 _ = int.recv() => "SIGINT",
                 _ = hup.recv() => {
                     log::info!(signal = "SIGHUP"; "reopening the log file");
-                    sink.reopen();
+                    if sink.reopen().await.is_ok() {
+                        log::info!("log file reopened");
+                    }
                     continue;
                 }
             };

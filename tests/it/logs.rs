@@ -115,7 +115,7 @@ async fn unwritable_log_is_503_and_recovers() {
     let good = srv.log.with_extension("good");
     std::fs::rename(&srv.log, &good).unwrap();
     std::os::unix::fs::symlink("/dev/full", &srv.log).unwrap();
-    srv.sink.reopen();
+    srv.sink.reopen().await.unwrap();
     let r = post_event(srv.addr, r#"{"type":"lost"}"#).await;
     assert_eq!(r.status, 503);
     assert!(
@@ -137,7 +137,7 @@ async fn unwritable_log_is_503_and_recovers() {
 
     // Space returns: the path is a normal file again.
     std::fs::remove_file(&srv.log).unwrap();
-    srv.sink.reopen();
+    srv.sink.reopen().await.unwrap();
     let recovered = eventually(Duration::from_secs(5), || srv.sink.failure().is_none()).await;
     assert!(recovered, "health recovers once a write succeeds");
     assert_eq!(get(srv.addr, "/health").await.status, 200);
