@@ -566,36 +566,90 @@ def idle_conns(variant, args, steps, extra_env=None):
 # -------------------------------------------------------------- profile
 
 
+PERF_LINE = re.compile(r"^\s*([\d.]+)%\s+(?:([\d.]+)%\s+)?(\S+)\s+\[(.)\]\s+(.*?)\s*$")
+MALLOC = re.compile(r"malloc|free|realloc|calloc|tcache|unlink_chunk|"
+                    r"consolidate|alloc_slot|alloc_group|get_meta|enframe|"
+                    r"__rust_alloc|__rust_dealloc|__rdl_")
+
+
+def component(dso, kind, sym):
+    """Which part of the stack a sampled symbol belongs to."""
+    if kind == "k":
+        return "kernel"
+    if MALLOC.search(sym):
+        return "allocator (malloc/free)"
+    if re.search(r"mem(move|cpy|set|cmp)", sym):
+        return "mem* copies"
+    if dso.startswith("libc") or dso.startswith("ld-linux"):
+        return "libc, other"
+    name = sym.lstrip("<&*").removeprefix("dyn ").removeprefix("mut ")
+    m = re.match(r"([A-Za-z_][A-Za-z0-9_]*)::", name)
+    if not m:
+        return f"{dso}, unnamed"
+    crate = m.group(1)
+    if crate in ("core", "alloc", "std"):
+        return "rust std/core"
+    return crate
+
+
+def perf_rows(data, *extra):
+    rep = subprocess.run(["perf", "report", "-i", data, "--stdio", "-g", "none",
+                          *extra], capture_output=True, timeout=600)
+    rows = []
+    for line in rep.stdout.decode("utf-8", "replace").splitlines():
+        m = PERF_LINE.match(line)
+        if m:
+            rows.append((float(m.group(1)),
+                         float(m.group(2)) if m.group(2) else None,
+                         m.group(3), m.group(4), m.group(5)))
+    return rows
+
+
 def profile(variant, workload, args, out_dir):
-    """perf record (cpu-clock, call graphs) on the pinned server under wrk."""
+    """perf record on the pinned server under wrk, then three summaries.
+
+    Call graphs are unwound with DWARF (.eh_frame): a release Rust build has
+    no frame pointers, so `-g` (frame pointers) would cut every stack short
+    and make the inclusive ('children') figures meaningless."""
     res = {"variant": variant["name"], "workload": workload}
     srv = Server(variant, 1, {SERVER_CPU}, args.workdir)
     data = os.path.join(out_dir, f"perf-{variant['name']}-{workload}.data")
+    secs = args.profile_duration
     try:
         srv.start()
-        perf = popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "2999",
-                      "-g", "-p", str(srv.pid), "-o", data, "--", "sleep",
-                      str(args.duration)],
+        perf = popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "999",
+                      "--call-graph", "dwarf,16384", "-p", str(srv.pid),
+                      "-o", data, "--", "sleep", str(secs + 1)],
                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(0.2)
+        time.sleep(0.3)
         t0 = cpu_ticks(srv.pid)
-        w = run_wrk(srv.port, workload, 1, args.connections,
-                    args.duration, {CLIENT_CPU})
+        w = run_wrk(srv.port, workload, 1, args.connections, secs,
+                    {CLIENT_CPU})
         t1 = cpu_ticks(srv.pid)
-        perf.communicate(timeout=args.duration + 30)
+        perf.communicate(timeout=secs + 60)
         srv.stop()
+        res["requests"] = w["requests"]
         res["cpu_us_per_req"] = (t1 - t0) / CLK_TCK * 1e6 / max(1, w["requests"])
-        def report(*extra):
-            rep = subprocess.run(
-                ["perf", "report", "-i", data, "--stdio", "--no-children",
-                 "-g", "none", *extra], capture_output=True, timeout=300)
-            return [l.rstrip() for l in
-                    rep.stdout.decode("utf-8", "replace").splitlines()
-                    if l.strip() and not l.startswith("#")]
-
-        res["by_dso"] = report("--sort", "dso", "--percent-limit", "1")
-        res["top"] = report("-F", "overhead,dso,sym", "--percent-limit",
-                            "0.3")[: args.profile_top]
+        flat = perf_rows(data, "--no-children", "--sort", "dso,sym",
+                         "--percent-limit", "0")
+        comp = {}
+        for pct, _, dso, kind, sym in flat:
+            c = component(dso, kind, sym)
+            comp[c] = comp.get(c, 0.0) + pct
+        res["components"] = sorted(comp.items(), key=lambda kv: -kv[1])
+        res["top"] = [(pct, dso, sym) for pct, _, dso, kind, sym in
+                      flat[: args.profile_top]]
+        incl = perf_rows(data, "--children", "--sort", "dso,sym",
+                         "--percent-limit", "0.5")
+        keep = []
+        for children, self_pct, dso, kind, sym in incl:
+            own = ("api::" in sym and not sym.startswith("api::main")
+                   and "{{closure}}" not in sym)
+            libc_entry = (dso.startswith("libc") and "__libc_start" not in sym
+                          and not sym.startswith("_start"))
+            if own or libc_entry:
+                keep.append((children, self_pct, dso, sym))
+        res["inclusive"] = keep[: args.profile_top]
         res["data"] = data
     except (ServerFailed, subprocess.SubprocessError, OSError) as e:
         res["error"] = str(e)
@@ -885,23 +939,44 @@ def render(meta, runs, conns, profiles, args):
         L.append("")
 
     if profiles:
-        L.append("## Profiles (perf record -e cpu-clock -g, pinned server, "
-                 "self time by symbol)")
+        L.append("## Where the api's CPU goes (perf, pinned server, 1 worker)")
+        L.append("")
+        L.append(f"`perf record -e cpu-clock -F 999 --call-graph dwarf` on the "
+                 f"server for {args.profile_duration} s of wrk; percentages "
+                 "are of the server's samples. 'self' = time in the symbol "
+                 "itself; 'incl.' = with everything it calls.")
         L.append("")
         for p in profiles:
-            L.append(f"### {p['variant']}, {WORKLOADS[p['workload']]['label']}"
-                     + (f" — {p['cpu_us_per_req']:.2f} µs/req under perf"
-                        if "cpu_us_per_req" in p else ""))
+            title = f"### {p['variant']}, {WORKLOADS[p['workload']]['label']}"
+            if "cpu_us_per_req" in p:
+                title += f" — {p['cpu_us_per_req']:.2f} µs/req while profiled"
+            L.append(title)
             L.append("")
-            L.append("```")
             if "error" in p:
                 L.append("error: " + p["error"])
-            if p.get("by_dso"):
-                L.append("by object:")
-                L.extend(p["by_dso"])
                 L.append("")
-                L.append(f"top {args.profile_top} symbols (self):")
-            L.extend(p.get("top", []))
+                continue
+            L.append("| component (self) | % |")
+            L.append("|---|---|")
+            for c, pct in p["components"]:
+                if pct >= 0.5:
+                    L.append(f"| {c} | {pct:.1f} |")
+            L.append("")
+            L.append(f"Top {args.profile_top} symbols, self:")
+            L.append("")
+            L.append("```")
+            for pct, dso, sym in p["top"]:
+                L.append(f"{pct:6.2f}%  {dso[:18]:18}  {sym[:150]}")
+            L.append("```")
+            L.append("")
+            L.append("The service's own functions (api::) and libc entry "
+                     "points, inclusive:")
+            L.append("")
+            L.append("```")
+            L.append("  incl.    self")
+            for children, self_pct, dso, sym in p["inclusive"]:
+                L.append(f"{children:6.2f}%  {self_pct or 0:6.2f}%  "
+                         f"{sym[:150]}")
             L.append("```")
             L.append("")
     return "\n".join(L) + "\n"
@@ -972,7 +1047,9 @@ def main():
                          "POST info)")
     ap.add_argument("--profile-only", action="store_true",
                     help="only the perf profiles")
-    ap.add_argument("--profile-top", type=int, default=15)
+    ap.add_argument("--profile-top", type=int, default=12)
+    ap.add_argument("--profile-duration", type=int, default=5,
+                    help="seconds of wrk per profile (5)")
     ap.add_argument("--no-build", action="store_true",
                     help="use the binaries already built")
     ap.add_argument("--no-musl", action="store_true",
