@@ -60,6 +60,7 @@ trap cleanup EXIT
 trap 'cleanup; exit 130' INT TERM HUP
 
 cmdline="scripts/bench.sh"
+[[ -n "${CARGO_TARGET_DIR:-}" ]] && cmdline="CARGO_TARGET_DIR=$CARGO_TARGET_DIR $cmdline"
 for a in "$@"; do
   if [[ "$a" =~ ^[A-Za-z0-9_./=:,+-]+$ ]]; then cmdline+=" $a"; else cmdline+=" $(printf '%q' "$a")"; fi
 done
