@@ -51,8 +51,8 @@ async fn streamed_body_over_limit_is_413() {
     assert_eq!(post_event(srv.addr, &body).await.status, 201);
 }
 
-/// A request head over MAX_HEADER_BYTES gets a JSON 431; one far over hyper's buffer still
-/// gets a 431.
+/// A request head over MAX_HEADER_BYTES gets a JSON 431; one far over hyper's buffer, or
+/// with over 100 fields, still gets a 431.
 #[tokio::test]
 async fn oversized_head_is_431() {
     let srv = start_server_with(&[("MAX_HEADER_BYTES", "4096")]).await;
@@ -70,14 +70,9 @@ async fn oversized_head_is_431() {
     assert_eq!(r.status, 431);
     let many: Vec<(String, String)> = (0..150).map(|i| (format!("X-H{i}"), "v".into())).collect();
     let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    // Over 100 fields: hyper's parser refuses them itself, without a body.
     let r = request(srv.addr, "GET", "/health", &many, b"").await;
     assert_eq!(r.status, 431);
-    assert!(
-        r.json()["error"]
-            .as_str()
-            .unwrap()
-            .contains("header fields")
-    );
 }
 
 /// A body that stops arriving gets a JSON 408 after BODY_TIMEOUT.
