@@ -44,16 +44,16 @@ ulimit -n "$hard"
 # bench.py runs in a session (and process group) of its own; all it starts
 # stays in that group, so the trap can stop everything in one go even if
 # bench.py itself was killed before its own clean-up ran.
-pid=""
+pgid=""
 cleanup() {
   trap - EXIT INT TERM HUP
-  if [[ -n "$pid" ]] && kill -0 -- "-$pid" 2>/dev/null; then
-    kill -TERM -- "-$pid" 2>/dev/null || true
+  if [[ -n "$pgid" ]] && kill -0 -- "-$pgid" 2>/dev/null; then
+    kill -TERM -- "-$pgid" 2>/dev/null || true
     for _ in $(seq 50); do
-      kill -0 -- "-$pid" 2>/dev/null || break
+      kill -0 -- "-$pgid" 2>/dev/null || break
       sleep 0.1
     done
-    kill -KILL -- "-$pid" 2>/dev/null || true
+    kill -KILL -- "-$pgid" 2>/dev/null || true
   fi
 }
 trap cleanup EXIT
@@ -66,8 +66,9 @@ for a in "$@"; do
 done
 
 setsid python3 "$repo/scripts/bench/bench.py" --command "$cmdline" "$@" &
-pid=$!
+pgid=$!  # setsid made bench.py the leader of a new process group
 rc=0
-wait "$pid" || rc=$?
-pid=""
+wait "$pgid" || rc=$?
+# The trap still runs on this exit: if bench.py died without cleaning up
+# (SIGKILL, a crash), whatever it left running in its group is stopped.
 exit "$rc"
