@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The project's one test command: formatting, lints, the Rust test suite (unit and
+# integration, over real sockets, files and processes), then the container checks and tests
+# against a real Docker engine. Without an engine the container part is reported as NOT RUN;
+# under CI=true a missing engine is a failure.
+#
+# Usage: scripts/test.sh
+# Environment: BUILDER_IMAGE and CURL_IMAGE are passed on to scripts/container-test.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --check
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --locked --all-targets -- -D warnings
+step "cargo test"
+cargo test --locked
+
+if docker info >/dev/null 2>&1; then
+  step "container lint (hadolint, compose schema)"
+  scripts/lint-container.sh
+  step "container tests"
+  scripts/container-test.sh
+elif [ "${CI:-}" = true ]; then
+  echo "error: no Docker engine answers; the container tests are required in CI" >&2
+  exit 1
+else
+  printf '\nNOTE: container tests NOT RUN: no Docker engine answers (start one, then re-run).\n' >&2
+fi
