@@ -5,6 +5,10 @@
 #
 #   scripts/bench.sh              full run (~10 min), report in target/bench/
 #   scripts/bench.sh --quick      short rounds, for development
+#   scripts/bench.sh --profile    also perf profiles of the api (where CPU goes)
+#   scripts/bench.sh --instructions   also instructions/request (callgrind),
+#                                 which stay the same on a busy machine
+#   scripts/bench.sh --rev HEAD   build and measure a commit, not the work tree
 #   scripts/bench.sh --help       all options
 #
 # The measuring is done by scripts/bench/bench.py (Python standard library);
@@ -25,6 +29,7 @@ command -v python3 >/dev/null || need+=(python3)
 for a in "$@"; do
   case "$a" in
     --profile|--profile-only) command -v perf >/dev/null || need+=(linux-perf) ;;
+    --instructions|--instructions-only) command -v valgrind >/dev/null || need+=(valgrind) ;;
   esac
 done
 if ((${#need[@]})); then

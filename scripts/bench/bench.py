@@ -195,7 +195,8 @@ class ServerFailed(Exception):
 class Server:
     """One server process (api or nginx) started for one measured run."""
 
-    def __init__(self, variant, workers, cpus, workdir, extra_env=None):
+    def __init__(self, variant, workers, cpus, workdir, extra_env=None,
+                 wrapper=()):
         self.variant = variant
         self.workers = workers
         self.cpus = cpus
@@ -216,7 +217,7 @@ class Server:
                 WORKERS=str(workers),
             )
             env.update(extra_env or {})
-            self.argv = [variant["binary"]]
+            self.argv = list(wrapper) + [variant["binary"]]
             self.env = env
             self.stop_signal = signal.SIGTERM
         elif kind == "nginx":
@@ -659,6 +660,127 @@ def profile(variant, workload, args, out_dir):
     return res
 
 
+# ------------------------------------------------------------ callgrind
+
+REQUESTS = {
+    "health": b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    "events": (b"POST /events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+               b"Content-Type: application/json\r\nContent-Length: 36\r\n\r\n"
+               b'{"type":"bench.tick","data":{"n":1}}'),
+}
+
+
+def http_burst(port, workload, total, conns, timeout=300):
+    """Send `total` requests over `conns` keep-alive connections, one in
+    flight on each at a time (like wrk); returns {status: count}."""
+    req = REQUESTS[workload]
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=60)
+             for _ in range(min(conns, total))]
+    bufs = [b""] * len(socks)
+    counts = {}
+    deadline = time.monotonic() + timeout
+    sent = 0
+    try:
+        while sent < total:
+            if time.monotonic() > deadline:
+                raise ServerFailed("request burst took too long")
+            batch = socks[: total - sent]
+            for s in batch:
+                s.sendall(req)
+            sent += len(batch)
+            for i, s in enumerate(batch):
+                buf = bufs[i]
+                while b"\r\n\r\n" not in buf:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        raise ServerFailed("connection closed by the server")
+                    buf += chunk
+                head, _, rest = buf.partition(b"\r\n\r\n")
+                m = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+                need = int(m.group(1)) if m else 0
+                while len(rest) < need:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        raise ServerFailed("connection closed mid-body")
+                    rest += chunk
+                bufs[i] = rest[need:]
+                st = int(head[9:12])
+                counts[st] = counts.get(st, 0) + 1
+    finally:
+        for s in socks:
+            s.close()
+    return counts
+
+
+def callgrind_run(variant, workload, n, args, out_file):
+    """Instructions (Ir) of the whole server process for n requests."""
+    wrapper = ["valgrind", "--tool=callgrind", "--quiet",
+               f"--callgrind-out-file={out_file}"]
+    srv = Server(variant, 1, {SERVER_CPU}, args.workdir, wrapper=wrapper)
+    try:
+        srv.start(timeout=120)
+        counts = http_burst(srv.port, workload, n, args.connections)
+        stop_ms, rc = srv.stop(timeout=120)
+        if rc != 0:
+            raise ServerFailed(f"exit status {rc} under callgrind")
+        with open(out_file) as f:
+            text = f.read()
+        m = re.search(r"^(?:totals|summary):\s*(\d+)", text, re.M)
+        if not m:
+            raise ServerFailed("no totals in the callgrind output")
+        res = {"ir": int(m.group(1)), "counts": counts}
+        if workload == "events":
+            scan = scan_log(srv.log_path, parse_events=True)
+            res["events"] = scan["events"]
+        return res
+    finally:
+        srv.kill()
+        srv.remove(args.keep_logs)
+
+
+def instructions(variant, workload, args, out_dir):
+    """Ir per request from two runs (n1, n2 requests): the difference
+    cancels start-up and shutdown.  callgrind counts user-space
+    instructions only; the kernel's share (syscalls, TCP) is not in it."""
+    n1, n2 = args.instr_requests
+    res = {"variant": variant["name"], "workload": workload, "n1": n1,
+           "n2": n2, "checks": []}
+    try:
+        runs = []
+        for n in (n1, n2):
+            out = os.path.join(out_dir, f"callgrind-{variant['name']}-"
+                                        f"{workload}-{n}.out")
+            r = callgrind_run(variant, workload, n, args, out)
+            want = 201 if workload == "events" else 200
+            if r["counts"].get(want, 0) != n:
+                res["checks"].append(f"statuses {r['counts']} for {n} "
+                                     "requests")
+            if workload == "events" and r["events"] != n:
+                res["checks"].append(f"{r['events']} event records for {n} "
+                                     "201s")
+            runs.append(r)
+            res["out"] = out
+        res["ir_per_req"] = (runs[1]["ir"] - runs[0]["ir"]) / (n2 - n1)
+        res["ir_fixed"] = runs[0]["ir"] - res["ir_per_req"] * n1
+        ann = subprocess.run(["callgrind_annotate", "--inclusive=no",
+                              "--threshold=99", res["out"]],
+                             capture_output=True, timeout=300)
+        top = []
+        for line in ann.stdout.decode("utf-8", "replace").splitlines():
+            m = re.match(r"^\s*([\d,]+)\s+\(\s*([\d.]+)%\)\s+(.*)$", line)
+            if m and "PROGRAM TOTALS" not in line:
+                fn = m.group(3)
+                fn = re.sub(r"^(\?\?\?|\S+?\.(?:c|S|h|rs|cc)):(?!:)", "", fn)
+                obj = re.search(r"\s*\[([^\[\]]*)\]$", fn)
+                if obj:
+                    fn = fn[: obj.start()] + f"  ({os.path.basename(obj.group(1))})"
+                top.append((float(m.group(2)), fn))
+        res["top"] = top[: args.profile_top]
+    except (ServerFailed, subprocess.SubprocessError, OSError) as e:
+        res["checks"].append(f"{type(e).__name__}: {e}")
+    return res
+
+
 # --------------------------------------------------------------- summary
 
 
@@ -772,7 +894,7 @@ def median_of(runs, section, variant, workload, key):
     return statistics.median(vals) if vals else None
 
 
-def render(meta, runs, conns, profiles, args):
+def render(meta, runs, conns, profiles, instr, args):
     L = []
     L.append("# api benchmark report")
     L.append("")
@@ -789,15 +911,16 @@ def render(meta, runs, conns, profiles, args):
              f"at end {meta['load_end']}")
     L.append(f"- tools: {meta['rustc']}; {meta['nginx']}; {meta['wrk']}")
     L.append(f"- binaries: {meta['binaries']}")
-    L.append(f"- each run: fresh server, {args.warmup} s warm-up, then "
-             f"{args.duration} s of wrk with {args.connections} keep-alive "
-             f"connections; {args.rounds} rounds interleaved "
-             f"({', '.join(meta['order'])}); figures are median (min–max) "
-             f"over rounds")
-    L.append("- CPU µs/req = server utime+stime (/proc/PID/stat, whole process "
-             "tree) over the wrk run ÷ requests wrk completed; idle RSS = "
-             "VmRSS after the first 200; peak RSS = VmHWM after the run; "
-             "nginx figures are master + worker")
+    if runs:
+        L.append(f"- each run: fresh server, {args.warmup} s warm-up, then "
+                 f"{args.duration} s of wrk with {args.connections} keep-alive "
+                 f"connections; {args.rounds} rounds interleaved "
+                 f"({', '.join(meta['order'])}); figures are median (min–max) "
+                 f"over rounds")
+        L.append("- CPU µs/req = server utime+stime (/proc/PID/stat, whole "
+                 "process tree) over the wrk run ÷ requests wrk completed; "
+                 "idle RSS = VmRSS after the first 200; peak RSS = VmHWM "
+                 "after the run; nginx figures are master + worker")
     L.append("")
     variants = meta["variants"]
 
@@ -945,6 +1068,60 @@ def render(meta, runs, conns, profiles, args):
                          f"{'; '.join(c['checks'])} | | | |")
         L.append("")
 
+    if instr:
+        n1, n2 = args.instr_requests
+        L.append("## Instructions per request (valgrind --tool=callgrind)")
+        L.append("")
+        L.append(f"User-space instructions of the whole server process, "
+                 f"(Ir({n2} requests) − Ir({n1})) ÷ {n2 - n1}, with "
+                 f"{args.connections} keep-alive connections each with one "
+                 "request in flight. Deterministic (the same on a busy "
+                 "machine), but blind to the kernel: a write(2) counts as "
+                 "one instruction.")
+        L.append("")
+        L.append("| workload | server | instructions/request "
+                 "| fixed (start-up + shutdown) | checks |")
+        L.append("|---|---|---|---|---|")
+        for c in instr:
+            L.append(f"| {WORKLOADS[c['workload']]['label']} | {c['variant']} "
+                     f"| {c.get('ir_per_req', 0):,.0f} "
+                     f"| {c.get('ir_fixed', 0):,.0f} "
+                     f"| {'; '.join(c['checks']) or 'ok'} |")
+        L.append("")
+        ir = {(c["variant"], c["workload"]): c.get("ir_per_req")
+              for c in instr if not c["checks"]}
+        rows = []
+        for label, a, b in [
+            ("GET /health: api info ÷ api off", ("api-info", "health"),
+             ("api-off", "health")),
+            ("api info: POST /events ÷ GET /health", ("api-info", "events"),
+             ("api-info", "health")),
+            ("POST /events: api info ÷ api off", ("api-info", "events"),
+             ("api-off", "events")),
+            ("GET /health: musl ÷ glibc (api info)",
+             ("api-info-musl", "health"), ("api-info", "health")),
+            ("POST /events: musl ÷ glibc (api info)",
+             ("api-info-musl", "events"), ("api-info", "events")),
+        ]:
+            if ir.get(a) and ir.get(b):
+                rows.append(f"| {label} | {ir[a] / ir[b]:.3f} |")
+        if rows:
+            L.append("| ratio of instructions/request | value |")
+            L.append("|---|---|")
+            L.extend(rows)
+            L.append("")
+        for c in instr:
+            if c.get("top"):
+                L.append(f"Top functions by own instructions, {c['variant']}, "
+                         f"{WORKLOADS[c['workload']]['label']} ({n2} "
+                         "requests, start-up included):")
+                L.append("")
+                L.append("```")
+                for pct, fn in c["top"]:
+                    L.append(f"{pct:6.2f}%  {fn[:160]}")
+                L.append("```")
+                L.append("")
+
     if profiles:
         L.append("## Where the api's CPU goes (perf, pinned server, 1 worker)")
         L.append("")
@@ -1067,6 +1244,15 @@ def main():
                          "POST info)")
     ap.add_argument("--profile-only", action="store_true",
                     help="only the perf profiles")
+    ap.add_argument("--instructions", action="store_true",
+                    help="also count instructions per request with valgrind's "
+                         "callgrind (deterministic, whatever the machine "
+                         "is doing)")
+    ap.add_argument("--instructions-only", action="store_true",
+                    help="only the callgrind counts")
+    ap.add_argument("--instr-requests", default="1000,3000",
+                    help="the two request counts whose difference gives "
+                         "instructions per request (1000,3000)")
     ap.add_argument("--profile-top", type=int, default=12)
     ap.add_argument("--profile-duration", type=int, default=5,
                     help="seconds of wrk per profile (5)")
@@ -1109,6 +1295,11 @@ def main():
         if w not in WORKLOADS:
             ap.error(f"unknown workload {w}")
     conn_steps = [int(n) for n in args.conn_steps.split(",") if n]
+    args.instr_requests = [int(n) for n in args.instr_requests.split(",")]
+    if len(args.instr_requests) != 2 or not (
+            0 < args.instr_requests[0] < args.instr_requests[1]):
+        ap.error("--instr-requests takes two increasing counts, e.g. 1000,3000")
+    args.only = args.profile_only or args.instructions_only
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _on_signal)
@@ -1177,7 +1368,7 @@ def run(args, variants_wanted, workloads, conn_steps):
     order = [f"{v['name']} {w}" for w in workloads for v in variants
              if w == "health" or v["kind"] == "api"]
     meta["order"] = order
-    runs, conns, profiles = [], [], []
+    runs, conns, profiles, instr = [], [], [], []
     failed = False
 
     def note(r):
@@ -1195,7 +1386,7 @@ def run(args, variants_wanted, workloads, conn_steps):
 
     # The orchestrator itself stays off the server's core.
     os.sched_setaffinity(0, {CLIENT_CPU})
-    if not args.profile_only and not args.no_pinned:
+    if not args.only and not args.no_pinned:
         for rnd in range(1, args.rounds + 1):
             print(f"pinned round {rnd}/{args.rounds}", flush=True)
             for w in workloads:
@@ -1208,7 +1399,7 @@ def run(args, variants_wanted, workloads, conn_steps):
                     runs.append(r)
                     note(r)
 
-    if not args.profile_only and args.scale_rounds > 0:
+    if not args.only and args.scale_rounds > 0:
         os.sched_setaffinity(0, all_cpus())
         for rnd in range(1, args.scale_rounds + 1):
             print(f"2-core round {rnd}/{args.scale_rounds}", flush=True)
@@ -1226,7 +1417,7 @@ def run(args, variants_wanted, workloads, conn_steps):
                     note(r)
         os.sched_setaffinity(0, {CLIENT_CPU})
 
-    if not args.profile_only and conn_steps:
+    if not args.only and conn_steps:
         print(f"idle connections {conn_steps}", flush=True)
         for v in variants:
             if v["name"] in ("api-off", "api-off-musl", "nginx-nolog"):
@@ -1252,9 +1443,26 @@ def run(args, variants_wanted, workloads, conn_steps):
             print(f"profiling {name} {w}", flush=True)
             profiles.append(profile(v, w, args, args.out))
 
+    if args.instructions or args.instructions_only:
+        if not shutil.which("valgrind"):
+            raise SystemExit("valgrind not found (apt-get install valgrind)")
+        for w in workloads:
+            for v in variants:
+                if v["kind"] != "api":
+                    continue
+                print(f"callgrind {v['name']} {w} "
+                      f"({'/'.join(map(str, args.instr_requests))} requests)",
+                      flush=True)
+                c = instructions(v, w, args, args.out)
+                instr.append(c)
+                failed |= bool(c["checks"])
+                print(f"  {c.get('ir_per_req', 0):,.0f} instructions/request"
+                      + (" FAILED: " + "; ".join(c["checks"])
+                         if c["checks"] else ""), flush=True)
+
     meta["load_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     meta["took_s"] = time.time() - started
-    report = render(meta, runs, conns, profiles, args)
+    report = render(meta, runs, conns, profiles, instr, args)
     path = os.path.join(args.out, "report.md")
     with open(path, "w") as f:
         f.write(report)
@@ -1262,7 +1470,7 @@ def run(args, variants_wanted, workloads, conn_steps):
         r.pop("wrk_output", None)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"meta": meta, "runs": runs, "idle_connections": conns,
-                   "profiles": profiles}, f, indent=1)
+                   "profiles": profiles, "instructions": instr}, f, indent=1)
     if not args.keep_logs:
         shutil.rmtree(args.workdir, ignore_errors=True)
     print()
