@@ -470,7 +470,11 @@ def check_log(r, variant, workload, srv, w, warm):
         sent = w["sent"] + (warm["sent"] if warm else 0)
         r["events_201"] = got201
         r["events_sent"] = sent
-        others = {k: v for k, v in st.items() if k != "201" and v}
+        others = {}
+        for counts in (st, warm["status"] if warm else {}):
+            for k, v in counts.items():
+                if k != "201" and v:
+                    others[k] = others.get(k, 0) + v
         if others:
             r["checks"].append("non-201 answers " + ",".join(
                 f"{k}={v}" for k, v in sorted(others.items())))
