@@ -15,6 +15,7 @@
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::net::IpAddr;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -152,6 +153,7 @@ impl Sink {
     /// carrying it, and everything buffered before it, has returned. `Err` says why not.
     pub async fn append_durable(&self, line: &[u8]) -> Result<(), String> {
         let (tx, rx) = oneshot::channel();
+        let notify;
         {
             let mut p = lock(&self.0.pending);
             if p.closing {
@@ -160,9 +162,13 @@ impl Sink {
             p.buf.extend_from_slice(line);
             let end = p.buf.len();
             p.acks.push((end, tx));
+            // Only the first record of a batch wakes the writer; the rest ride along.
+            notify = !p.flush_now;
             p.flush_now = true;
         }
-        self.0.wake.notify_one();
+        if notify {
+            self.0.wake.notify_one();
+        }
         rx.await
             .unwrap_or_else(|_| Err("the log writer stopped before writing the record".into()))
     }
@@ -441,14 +447,29 @@ impl<'a> Line<'a> {
     /// Adds a number field.
     pub fn u64(&mut self, key: &str, value: u64) -> &mut Self {
         self.key(key);
-        let _ = write!(self.buf, "{value}");
+        push_u64(self.buf, value);
         self
     }
 
-    /// Adds a string field from a value whose `Display` output needs no escaping (an address).
-    pub fn display(&mut self, key: &str, value: impl std::fmt::Display) -> &mut Self {
+    /// Adds an IP address as a string field.
+    pub fn ip(&mut self, key: &str, ip: IpAddr) -> &mut Self {
         self.key(key);
-        let _ = write!(self.buf, "\"{value}\"");
+        self.buf.push(b'"');
+        match ip {
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        self.buf.push(b'.');
+                    }
+                    push_u64(self.buf, u64::from(octet));
+                }
+            }
+            // Display output of an address needs no escaping.
+            IpAddr::V6(v6) => {
+                let _ = write!(self.buf, "{v6}");
+            }
+        }
+        self.buf.push(b'"');
         self
     }
 
@@ -504,6 +525,20 @@ pub fn write_timestamp(buf: &mut Vec<u8>, t: OffsetDateTime) {
     buf.push(b'.');
     push_digits(buf, u32::from(ms), 3);
     buf.push(b'Z');
+}
+
+fn push_u64(buf: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[i..]);
 }
 
 fn push_digits(buf: &mut Vec<u8>, n: u32, width: u32) {
@@ -576,13 +611,25 @@ mod tests {
         let mut buf = Vec::new();
         let mut line = Line::start(&mut buf, Level::Info, "m");
         line.str("a", "x\n{\"level\":\"error\"}\r\u{1b}[31m\u{0}")
-            .bytes("b", b"\xff\xfe");
+            .bytes("b", b"\xff\xfe")
+            .u64("n", 0)
+            .u64("m", u64::MAX)
+            .ip("v4", [10, 0, 0, 255].into())
+            .ip("v6", IpAddr::V6(1.into()));
         line.finish();
         assert_eq!(buf.iter().filter(|&&b| b == b'\n').count(), 1);
         let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
         assert_eq!(v["a"], "x\n{\"level\":\"error\"}\r\u{1b}[31m\u{0}");
         assert_eq!(v["b"], "\u{fffd}\u{fffd}");
         assert_eq!(v["level"], "info");
+        assert_eq!(
+            (v["n"].as_u64(), v["m"].as_u64()),
+            (Some(0), Some(u64::MAX))
+        );
+        assert_eq!(
+            (v["v4"].as_str(), v["v6"].as_str()),
+            (Some("10.0.0.255"), Some("::1"))
+        );
     }
 
     #[test]

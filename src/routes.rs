@@ -201,7 +201,7 @@ async fn create_event(
     line.str("id", &id)
         .str("type", &kind)
         .bytes("request_id", request_id.as_bytes())
-        .str("client", &client.to_string());
+        .ip("client", client);
     if let Some(data) = &data {
         line.json("data", data);
     }
