@@ -42,8 +42,10 @@ pub mod kit {
     pub enum Next {
         /// A complete response (1xx answers included, with an empty body).
         Response(Resp),
-        /// The server closed (or reset) the connection before a complete response.
+        /// The server closed (or reset) the connection before any byte of a response.
         Closed,
+        /// The connection ended in the middle of a response.
+        Truncated,
         /// Nothing complete arrived within the time allowed.
         TimedOut,
     }
@@ -54,6 +56,7 @@ pub mod kit {
             match self {
                 Next::Response(r) => r.status.to_string(),
                 Next::Closed => "close".into(),
+                Next::Truncated => "truncated".into(),
                 Next::TimedOut => "timeout".into(),
             }
         }
@@ -122,7 +125,8 @@ pub mod kit {
                 }
                 match self.fill(deadline).await {
                     None => return Next::TimedOut,
-                    Some(false) => return Next::Closed,
+                    Some(false) if self.buf.is_empty() => return Next::Closed,
+                    Some(false) => return Next::Truncated,
                     Some(true) => {}
                 }
             };
@@ -155,7 +159,7 @@ pub mod kit {
                     while self.buf.len() < n {
                         match self.fill(deadline).await {
                             None => return Next::TimedOut,
-                            Some(false) => return Next::Closed,
+                            Some(false) => return Next::Truncated,
                             Some(true) => {}
                         }
                     }
@@ -579,7 +583,7 @@ async fn run_case(addr: std::net::SocketAddr, case: Case) -> Outcome {
         got.push(next.token());
         match next {
             Next::Response(r) => responses.push(r),
-            Next::Closed | Next::TimedOut => break,
+            Next::Closed | Next::Truncated | Next::TimedOut => break,
         }
     }
     writer.abort();
