@@ -521,3 +521,45 @@ async fn running_out_of_descriptors_does_not_spin_and_recovers() {
         "no warning about failing accepts"
     );
 }
+
+/// A client that pipelines requests but never reads the answers (a slow reader) is dropped
+/// once the server has been unable to write to it for a while: it cannot hold a connection
+/// slot, or a shutdown drain, forever. With MAX_CONNECTIONS=1, a second client waits for that
+/// slot and must be served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: no write timeout; a client that never reads holds its slot and the drain forever"]
+async fn a_client_that_never_reads_is_dropped() {
+    let server = support::start_server_with(&[
+        ("MAX_CONNECTIONS", "1"),
+        ("HEADER_TIMEOUT", "1s"),
+        ("BODY_TIMEOUT", "1s"),
+        ("IDLE_TIMEOUT", "2s"),
+    ])
+    .await;
+    let addr = server.addr;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let (_rd, mut wr) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        let reqs = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n".repeat(5000);
+        let _ = wr.write_all(&reqs).await;
+        // Keep the connection open and silent: it neither reads nor closes.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        drop(wr);
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The only slot is taken; this client waits until the silent reader is dropped.
+    let t = Instant::now();
+    let status = kit::health_status(addr, Duration::from_secs(20)).await;
+    writer.abort();
+    assert_eq!(
+        status,
+        Some(200),
+        "no answer in 20 s: the non-reading client holds the slot"
+    );
+    eprintln!(
+        "slow reader: dropped; the next client was served after {:?}",
+        t.elapsed()
+    );
+}
