@@ -139,6 +139,22 @@ def cpu_ticks(pid):
     return total
 
 
+def cpu_busy_ticks(cpus):
+    """Busy (non-idle) ticks of the given CPUs, or of all CPUs if None."""
+    total = 0
+    with open("/proc/stat") as f:
+        for line in f:
+            if not line.startswith("cpu") or line.startswith("cpu "):
+                continue
+            name, *vals = line.split()
+            if cpus is not None and int(name[3:]) not in cpus:
+                continue
+            v = [int(x) for x in vals]
+            # user nice system idle iowait irq softirq steal
+            total += v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+    return total
+
+
 def status_kib(pid, key):
     """Sum of a /proc/PID/status field (VmRSS, VmHWM) over the tree, KiB."""
     total = 0
@@ -416,10 +432,12 @@ def measure(variant, workload, args, *, pinned, workers, wrk_threads,
         if args.warmup > 0:
             warm = run_wrk(srv.port, workload, wrk_threads, args.connections,
                            args.warmup, cli_cpus)
+        b0 = cpu_busy_ticks(srv_cpus)
         t0 = cpu_ticks(srv.pid)
         w = run_wrk(srv.port, workload, wrk_threads, args.connections,
                     args.duration, cli_cpus)
         t1 = cpu_ticks(srv.pid)
+        b1 = cpu_busy_ticks(srv_cpus)
         r["peak_rss_kib"] = status_kib(srv.pid, "VmHWM")
         r["rss_after_kib"] = status_kib(srv.pid, "VmRSS")
         r["stop_ms"], r["exit"] = srv.stop()
@@ -438,6 +456,12 @@ def measure(variant, workload, args, *, pinned, workers, wrk_threads,
         r["cpu_us_per_req"] = r["server_cpu_s"] * 1e6 / reqs if reqs else None
         r["server_cpu_pct"] = 100 * r["server_cpu_s"] / wall_s if wall_s else 0
         r["client_cpu_pct"] = 100 * r["client_cpu_s"] / wall_s if wall_s else 0
+        # CPU time that others (not the server, and when unpinned not wrk)
+        # took on the server's CPU(s) during the run: the noise indicator.
+        other = (b1 - b0) / CLK_TCK - r["server_cpu_s"]
+        if not pinned:
+            other -= r["client_cpu_s"]
+        r["others_cpu_pct"] = max(0.0, 100 * other / wall_s) if wall_s else 0
         if "status" in w:
             r["status"] = w["status"]
             r["sent"] = w["sent"]
@@ -852,9 +876,10 @@ def by_round(runs, variant, workload, section):
 
 def runs_table(runs, section, variants, lines):
     lines.append("| workload | server | req/s | p50 ms | p99 ms | CPU µs/req "
-                 "| server CPU % | wrk CPU % | idle RSS MiB | peak RSS MiB "
+                 "| server CPU % | wrk CPU % | others' CPU % "
+                 "| idle RSS MiB | peak RSS MiB "
                  "| start→200 ms | SIGTERM→exit ms | checks |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for wl in WORKLOADS:
         for v in variants:
             rs = [r for r in runs if r["section"] == section
@@ -873,7 +898,7 @@ def runs_table(runs, section, variants, lines):
                 if ev:
                     extra = sum(r["log"]["events"] - r["events_201"] for r in ev)
                     check += (f" (event records = 201s + {extra} answered "
-                              f"after wrk's deadline)")
+                              f"after wrk's deadline, all runs)")
             # figures come from every run that got as far as measuring, also
             # when a check failed afterwards (the checks column says so)
             lines.append(
@@ -884,6 +909,7 @@ def runs_table(runs, section, variants, lines):
                 f"| {med_range([r.get('cpu_us_per_req') for r in measured], f2)} "
                 f"| {med_range([r.get('server_cpu_pct') for r in measured], f_int)} "
                 f"| {med_range([r.get('client_cpu_pct') for r in measured], f_int)} "
+                f"| {med_range([r.get('others_cpu_pct') for r in measured], f_int)} "
                 f"| {med_range([r.get('idle_rss_kib') for r in measured], f_mib)} "
                 f"| {med_range([r.get('peak_rss_kib') for r in measured], f_mib)} "
                 f"| {med_range([r.get('startup_ms') for r in measured], f_ms)} "
@@ -911,8 +937,21 @@ def render(meta, runs, conns, profiles, instr, args):
     L.append(f"- when: {meta['started']} (took {meta['took_s']:.0f} s); "
              f"commit {meta['commit']}")
     L.append(f"- machine: {meta['cpu']}, {meta['ncpu']} CPUs, kernel "
-             f"{meta['kernel']}; load average at start {meta['load_start']}, "
-             f"at end {meta['load_end']}")
+             f"{meta['kernel']}; load average before the run {meta['load_start']}, "
+             f"at the end {meta['load_end']} (the benchmark's own load "
+             "included)")
+    others = [r["others_cpu_pct"] for r in runs
+              if r.get("pinned") and r.get("others_cpu_pct") is not None]
+    busy = float(meta["load_start"].split()[0])
+    if busy > 0.5 or (others and statistics.median(others) > 5):
+        L.append(f"- **the machine was busy** (load average {busy:.1f} before "
+                 "the run"
+                 + (f"; other processes took a median "
+                    f"{statistics.median(others):.0f} % of the server's core "
+                    "during the pinned runs" if others else "")
+                 + "): timings and CPU/request are noisy, compare within "
+                 "rounds only; instruction counts (callgrind) are not "
+                 "affected")
     L.append(f"- tools: {meta['rustc']}; {meta['nginx']}; {meta['wrk']}")
     L.append(f"- binaries: {meta['binaries']}")
     if runs:
@@ -924,7 +963,10 @@ def render(meta, runs, conns, profiles, instr, args):
         L.append("- CPU µs/req = server utime+stime (/proc/PID/stat, whole "
                  "process tree) over the wrk run ÷ requests wrk completed; "
                  "idle RSS = VmRSS after the first 200; peak RSS = VmHWM "
-                 "after the run; nginx figures are master + worker")
+                 "after the run; nginx figures are master + worker; "
+                 "others' CPU % = what other processes used of the "
+                 "server's core during the run (of both cores, less wrk, "
+                 "when unpinned): the noise indicator")
     L.append("")
     variants = meta["variants"]
 
@@ -945,6 +987,7 @@ def render(meta, runs, conns, profiles, instr, args):
                                  by_round(runs, den_v, den_w, "pinned"))
 
         names = set(variants)
+        wls = {r["workload"] for r in runs}
         if {"api-info", "api-off"} <= names:
             L.append(ratio_row("GET /health: api info ÷ api off",
                                pr("api-info", "health", "api-off", "health"),
@@ -961,20 +1004,20 @@ def render(meta, runs, conns, profiles, instr, args):
             L.append(ratio_row("GET /health: nginx access log on ÷ off",
                                pr("nginx", "health", "nginx-nolog", "health"),
                                None))
-        if "api-info" in names:
+        if "api-info" in names and {"health", "events"} <= wls:
             L.append(ratio_row("api info: POST /events ÷ GET /health",
                                pr("api-info", "events", "api-info", "health"),
                                1.5))
-        if "api-off" in names:
+        if "api-off" in names and {"health", "events"} <= wls:
             L.append(ratio_row("api off: POST /events ÷ GET /health",
                                pr("api-off", "events", "api-off", "health"),
                                None))
-        if {"api-info", "api-off"} <= names:
+        if {"api-info", "api-off"} <= names and "events" in wls:
             L.append(ratio_row("POST /events: api info ÷ api off",
                                pr("api-info", "events", "api-off", "events"),
                                None))
         if {"api-info-musl", "api-info"} <= names:
-            for wl in WORKLOADS:
+            for wl in [w for w in WORKLOADS if w in wls]:
                 L.append(ratio_row(
                     f"{WORKLOADS[wl]['label']}: musl ÷ glibc (api info)",
                     pr("api-info-musl", wl, "api-info", wl), 1.10))
@@ -1040,7 +1083,8 @@ def render(meta, runs, conns, profiles, instr, args):
             L.append("| ratio (2 cores, 2 workers) | median | min–max "
                      "| target | met |")
             L.append("|---|---|---|---|---|")
-            for wl in WORKLOADS:
+            for wl in [w for w in WORKLOADS
+                       if any(r["workload"] == w for r in runs)]:
                 L.append(ratio_row(
                     f"{WORKLOADS[wl]['label']}: musl ÷ glibc CPU/req",
                     paired_ratios(runs,
@@ -1318,6 +1362,7 @@ def main():
 
 def run(args, variants_wanted, workloads, conn_steps):
     started = time.time()
+    load0 = os.getloadavg()  # before our own build and load
     if (os.cpu_count() or 1) < 2:
         raise SystemExit("needs at least 2 CPUs (server on 0, wrk on 1)")
     api = args.api or os.path.join(args.target_dir, "release", "api")
@@ -1358,7 +1403,7 @@ def run(args, variants_wanted, workloads, conn_steps):
         "cpu": cpu_model(),
         "ncpu": os.cpu_count(),
         "kernel": platform.release(),
-        "load_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "load_start": " ".join(f"{x:.2f}" for x in load0),
         "rustc": sh(["rustc", "-V"]),
         "nginx": (sh([args.nginx, "-v"]) or subprocess.run(
             [args.nginx, "-v"], capture_output=True, text=True).stderr.strip()),
@@ -1468,8 +1513,10 @@ def run(args, variants_wanted, workloads, conn_steps):
     meta["took_s"] = time.time() - started
     report = render(meta, runs, conns, profiles, instr, args)
     path = os.path.join(args.out, "report.md")
-    with open(path, "w") as f:
-        f.write(report)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
+    for p in (path, os.path.join(args.out, f"report-{stamp}.md")):
+        with open(p, "w") as f:
+            f.write(report)
     for r in runs:
         r.pop("wrk_output", None)
     with open(os.path.join(args.out, "results.json"), "w") as f:
