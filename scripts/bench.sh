@@ -50,6 +50,7 @@ ulimit -n "$hard"
 # stays in that group, so the trap can stop everything in one go even if
 # bench.py itself was killed before its own clean-up ran.
 pgid=""
+# shellcheck disable=SC2329  # called from the traps below
 cleanup() {
   trap - EXIT INT TERM HUP
   if [[ -n "$pgid" ]] && kill -0 -- "-$pgid" 2>/dev/null; then

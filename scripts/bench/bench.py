@@ -830,10 +830,6 @@ def f2(v):
     return f"{v:.2f}"
 
 
-def f3(v):
-    return f"{v:.3f}"
-
-
 def f_ms_us(v):
     return f"{v / 1000:.2f}"
 
@@ -846,7 +842,7 @@ def f_ms(v):
     return f"{v:.1f}"
 
 
-def paired_ratios(runs, num, den, key="cpu_us_per_req"):
+def paired_ratios(num, den, key="cpu_us_per_req"):
     """Per-round ratios num/den (both dicts round -> run)."""
     out = []
     for rnd, a in num.items():
@@ -856,7 +852,7 @@ def paired_ratios(runs, num, den, key="cpu_us_per_req"):
     return out
 
 
-def ratio_row(label, ratios, target, cmp="<="):
+def ratio_row(label, ratios, target):
     tgt = f"≤ {target:.2f}" if target is not None else "–"
     if not ratios:
         return f"| {label} | – | – | {tgt} | – |"
@@ -983,7 +979,7 @@ def render(meta, runs, conns, profiles, instr, args):
         L.append("|---|---|---|---|---|")
 
         def pr(num_v, num_w, den_v, den_w):
-            return paired_ratios(runs, by_round(runs, num_v, num_w, "pinned"),
+            return paired_ratios(by_round(runs, num_v, num_w, "pinned"),
                                  by_round(runs, den_v, den_w, "pinned"))
 
         names = set(variants)
@@ -1087,9 +1083,9 @@ def render(meta, runs, conns, profiles, instr, args):
                        if any(r["workload"] == w for r in runs)]:
                 L.append(ratio_row(
                     f"{WORKLOADS[wl]['label']}: musl ÷ glibc CPU/req",
-                    paired_ratios(runs,
-                                  by_round(runs, "api-info-musl", wl, "scaling"),
-                                  by_round(runs, "api-info", wl, "scaling")),
+                    paired_ratios(
+                        by_round(runs, "api-info-musl", wl, "scaling"),
+                        by_round(runs, "api-info", wl, "scaling")),
                     1.10))
             L.append("")
 
