@@ -1,15 +1,14 @@
-//! The log file: one JSON object per line.
+//! The log file: one JSON object per line, written by one background thread.
 //!
 //! Three kinds of record share the file. *Access* records (one per request) are buffered and
-//! reach the file within [`FLUSH_INTERVAL`], written by a background thread; a request never
-//! waits for the disk. *Event* records are durable: [`Sink::append_durable`] resolves only
+//! reach the file within [`FLUSH_INTERVAL`]; a request never waits for the disk. *Event* records are durable: [`Sink::append_durable`] resolves only
 //! after the `write(2)` that carried the record returned, so `POST /events` can acknowledge
 //! honestly. Events that arrive together share one write (group commit): the first of a batch
-//! spawns a commit task that runs once the other ready requests have added theirs. The commit
-//! runs on the runtime, not the background thread: handing each batch to a thread and back
-//! cost two context switches per batch, and more CPU than the write itself (measured with
-//! perf under 64 concurrent posters). *Diagnostics* (startup, warnings, errors) go through
-//! `log` and fern, which copies them to stderr for `docker logs` and into the buffer here.
+//! spawns a task that yields once, so that every request ready on the runtime adds its record,
+//! and then wakes the writer thread. Writes never run on the runtime, so a stalled disk holds
+//! up the events waiting for it, not `/health` or the other routes. *Diagnostics* (startup,
+//! warnings, errors) go through `log` and fern, which copies them to stderr for
+//! `docker logs` and into the buffer here.
 //!
 //! Every batch is one `write` on a file opened with `O_APPEND`, so replicas appending to the
 //! same bind-mounted file never interleave inside a line. A failed write marks the sink
@@ -64,7 +63,7 @@ struct Pending {
     buf: Vec<u8>,
     /// Durable appends waiting for the write that carries `buf[..end]`.
     acks: Vec<(usize, Ack)>,
-    /// A commit task has been spawned for the records in `buf`.
+    /// A task will ask the writer thread to write `buf` at once (it holds durable records).
     commit_scheduled: bool,
     flush_now: bool,
     /// Reopen requests, answered once the file at the path is open.
@@ -189,13 +188,15 @@ impl Sink {
             !std::mem::replace(&mut p.commit_scheduled, true)
         };
         if lead {
-            // A task of its own, so that the batch is written even if this request is dropped
-            // (its client went away) while waiting.
+            // Let the requests that are ready now add their records, then hand the batch to
+            // the writer thread. A task of its own, so the batch goes even if this request is
+            // dropped (its client went away) meanwhile. Were the writer woken here, it would
+            // preempt the runtime on a shared core and write batches of one.
             let shared = Arc::clone(&self.0);
             tokio::spawn(async move {
-                // Let the requests that are ready now add their records to this write.
                 tokio::task::yield_now().await;
-                drop(commit(&shared));
+                lock(&shared.pending).flush_now = true;
+                shared.wake.notify_one();
             });
         }
         rx.await
@@ -268,7 +269,7 @@ fn writer_loop(shared: &Shared) {
                 Err(e) => {
                     // Keep writing to the old file: a record there beats a record lost.
                     let msg = open_error(&shared.path, &e).to_string();
-                    eprintln!("{}", diagnostic_line(Level::Error, &msg));
+                    to_stderr(&diagnostic_line(Level::Error, &msg));
                     Err(msg)
                 }
             };
@@ -284,6 +285,7 @@ fn writer_loop(shared: &Shared) {
 
 /// Takes everything buffered and writes it in one `write`, then answers the durable appends
 /// it carried. Returns the output, still locked, for a reopen to follow without a gap.
+/// Runs on the writer thread only.
 fn commit(shared: &Shared) -> MutexGuard<'_, Output> {
     let mut out = lock(&shared.output);
     let out_ref = &mut *out;
@@ -314,19 +316,9 @@ fn commit(shared: &Shared) -> MutexGuard<'_, Output> {
     }
 
     let (written, error) = write_batch(&mut out_ref.file, &out_ref.batch);
-    for (end, ack) in acks {
-        let result = if end + offset <= written {
-            Ok(())
-        } else {
-            Err(format!(
-                "cannot write {}: {}",
-                shared.path.display(),
-                describe(&error)
-            ))
-        };
-        let _ = ack.send(result);
-    }
-    match error {
+    // The health state changes before any answer goes out: a client told 503 that then asks
+    // /health must hear 503 too.
+    match &error {
         None => {
             if failing {
                 shared.failed.store(false, Ordering::Release);
@@ -341,11 +333,23 @@ fn commit(shared: &Shared) -> MutexGuard<'_, Output> {
             let reason = format!("cannot write {}: {e}", shared.path.display());
             if !failing {
                 // stderr directly: the file is what failed.
-                eprintln!("{}", diagnostic_line(Level::Error, &reason));
+                to_stderr(&diagnostic_line(Level::Error, &reason));
             }
             *lock(&shared.failure) = Some(reason);
             shared.failed.store(true, Ordering::Release);
         }
+    }
+    for (end, ack) in acks {
+        let result = if end + offset <= written {
+            Ok(())
+        } else {
+            Err(format!(
+                "cannot write {}: {}",
+                shared.path.display(),
+                describe(&error)
+            ))
+        };
+        let _ = ack.send(result);
     }
     out_ref.batch.clear();
     out
@@ -394,11 +398,25 @@ fn open_append(path: &Path) -> io::Result<File> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir)?;
     }
-    OpenOptions::new()
+    let mut file = OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o644)
-        .open(path)
+        .open(path)?;
+    // A file whose last line was cut short (a crash or power loss mid-write, by an older
+    // writer) gets a newline first, so our first record is not glued onto the fragment.
+    let meta = file.metadata()?;
+    if meta.is_file() && meta.len() > 0 {
+        let mut last = [0u8; 1];
+        let read = File::open(path).and_then(|f| {
+            use std::os::unix::fs::FileExt;
+            f.read_exact_at(&mut last, meta.len() - 1)
+        });
+        if read.is_ok() && last[0] != b'\n' {
+            file.write_all(b"\n")?;
+        }
+    }
+    Ok(file)
 }
 
 /// The uid this process runs as, read from procfs (no libc needed; `/proc/self` belongs to it).
@@ -595,6 +613,15 @@ pub fn timestamp(t: OffsetDateTime) -> String {
     String::from_utf8(buf).expect("a timestamp is ASCII")
 }
 
+/// Writes one line to stderr, ignoring failure: `eprintln!` panics when stderr is a closed
+/// pipe, and a diagnostic must never take down the code reporting it.
+pub fn to_stderr(line: &str) {
+    let mut err = io::stderr().lock();
+    let _ = err
+        .write_all(line.as_bytes())
+        .and_then(|()| err.write_all(b"\n"));
+}
+
 /// A diagnostic record without fields, for stderr when the sink itself is the problem.
 fn diagnostic_line(level: Level, msg: &str) -> String {
     let mut buf = Vec::with_capacity(128);
@@ -618,7 +645,11 @@ pub fn init(level: LevelFilter, sink: &Sink) -> Result<(), log::SetLoggerError> 
             buf.pop();
             out.finish(format_args!("{}", String::from_utf8_lossy(&buf)))
         })
-        .chain(io::stderr())
+        // Not fern's own stderr output: when stderr is gone (its reader closed the pipe), fern
+        // falls back to stderr once more and then panics, in whatever thread was logging.
+        .chain(fern::Output::call(|record| {
+            to_stderr(&record.args().to_string())
+        }))
         .chain(fern::Output::call(move |record| file.raw(record.args())))
         .apply()
 }

@@ -16,17 +16,17 @@ fn main() -> ExitCode {
     let command = match config::parse(std::env::args_os().skip(1), |k| std::env::var_os(k)) {
         Ok(command) => command,
         Err(e) => {
-            eprintln!("error: {e}\n\n{}", config::help());
+            logging::to_stderr(&format!("error: {e}\n\n{}", config::help()));
             return ExitCode::from(2);
         }
     };
     match command {
         Command::Help => {
-            print!("{}", config::help());
+            to_stdout(&config::help());
             ExitCode::SUCCESS
         }
         Command::Version => {
-            println!("api {}", env!("CARGO_PKG_VERSION"));
+            to_stdout(&format!("api {}\n", env!("CARGO_PKG_VERSION")));
             ExitCode::SUCCESS
         }
         Command::Healthcheck(cfg) => report(health::probe(&cfg)),
@@ -41,21 +41,27 @@ fn main() -> ExitCode {
 fn report(outcome: Result<String, String>) -> ExitCode {
     match outcome {
         Ok(line) => {
-            println!("{line}");
+            to_stdout(&format!("{line}\n"));
             ExitCode::SUCCESS
         }
         Err(line) => {
-            eprintln!("{line}");
+            logging::to_stderr(&line);
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints to stdout, ignoring failure (`api --help | head -1` closes the pipe early).
+fn to_stdout(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
 fn serve(cfg: Config) -> ExitCode {
     let sink = match Sink::open(&cfg.log_file, cfg.log_level) {
         Ok(sink) => sink,
         Err(e) => {
-            eprintln!("error: {e}");
+            logging::to_stderr(&format!("error: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -71,7 +77,7 @@ fn serve(cfg: Config) -> ExitCode {
     let runtime = match runtime.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            logging::to_stderr(&format!("error: cannot start the async runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
