@@ -38,6 +38,7 @@ pub struct Config {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub body_timeout: Duration,
+    pub write_timeout: Duration,
     pub grace: Duration,
     pub trusted_proxies: Vec<IpNet>,
     pub workers: usize,
@@ -122,6 +123,12 @@ const SETTINGS: &[Setting] = &[
         env: "BODY_TIMEOUT",
         default: "10s",
         help: "time to receive a request body (408 after)",
+    },
+    Setting {
+        flag: "--write-timeout",
+        env: "WRITE_TIMEOUT",
+        default: "10s",
+        help: "longest an answer may wait for the client to read it (then the connection closes)",
     },
     Setting {
         flag: "--grace",
@@ -283,6 +290,7 @@ where
         header_timeout: typed(get("--header-timeout"), "a duration such as 10s", duration)?,
         idle_timeout: typed(get("--idle-timeout"), "a duration such as 75s", duration)?,
         body_timeout: typed(get("--body-timeout"), "a duration such as 10s", duration)?,
+        write_timeout: typed(get("--write-timeout"), "a duration such as 10s", duration)?,
         grace: typed(get("--grace"), "a duration such as 5s (0 allowed)", |s| {
             if s.trim() == "0" {
                 Ok(Duration::ZERO)

@@ -7,12 +7,14 @@
 //! waits for a head, is set to `idle_timeout` and so closes idle keep-alive connections. The
 //! split keeps the slow-client guard tight while idle connections outlive a load balancer's
 //! idle timeout (60 s on common ones), avoiding the race where both sides close at once.
+//! A write that cannot progress for `write_timeout` (a client that never reads) closes the
+//! connection too.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -24,9 +26,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::futures::OwnedNotified;
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::{Instant, Sleep};
 
+use crate::config::Config;
 use crate::routes::{self, App};
 use crate::shutdown::Shutdown;
 
@@ -48,6 +52,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
         .max_buf_size(app.cfg.max_header_bytes + 8192);
     let limit = Arc::new(Semaphore::new(app.cfg.max_connections));
     let graceful = GracefulShutdown::new();
+    let drain = Arc::new(Drain::default());
 
     loop {
         // Take a permit before accepting: past the cap, clients wait in the listen backlog.
@@ -73,7 +78,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
         // Small JSON answers: don't let Nagle hold them back.
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::default());
-        let io = HeadTimeout::new(stream, Arc::clone(&activity), app.cfg.header_timeout);
+        let io = Guarded::new(stream, Arc::clone(&activity), &drain, &app.cfg);
         let app = Arc::clone(&app);
         let service = service_fn(move |req: Request<Incoming>| {
             let app = Arc::clone(&app);
@@ -94,6 +99,10 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
         });
     }
     drop(listener);
+    // Connections without a request in progress (silent, idle, or mid-head) close now; hyper's
+    // graceful shutdown alone would wait for a head that may never come.
+    drain.started.store(true, Ordering::Release);
+    drain.notify.notify_waiters();
 
     let grace = app.cfg.grace;
     let open = app.cfg.max_connections - limit.available_permits();
@@ -150,33 +159,86 @@ struct Activity {
     finished: AtomicU32,
 }
 
-/// The socket, plus the slow-head guard: once a request head has begun (its first byte read
-/// while no request is in progress), or the connection is new, reads fail with `TimedOut`
-/// if that head is not complete within `limit`. Bodies and idle keep-alive time are not
-/// counted: the clock only runs between a head's first byte and hyper handing it over.
-struct HeadTimeout {
-    io: TcpStream,
-    activity: Arc<Activity>,
-    limit: Duration,
-    deadline: Pin<Box<Sleep>>,
-    /// The head being timed is the one after this many started requests.
-    armed: Option<u32>,
+/// Set once at shutdown; wakes connections that wait for a request.
+#[derive(Default)]
+struct Drain {
+    started: AtomicBool,
+    notify: Arc<Notify>,
 }
 
-impl HeadTimeout {
-    fn new(io: TcpStream, activity: Arc<Activity>, limit: Duration) -> HeadTimeout {
-        let deadline = Box::pin(tokio::time::sleep(limit));
-        HeadTimeout {
+/// The socket, plus the guards hyper does not provide:
+/// - slow heads: once a request head has begun (its first byte read while no request is in
+///   progress), or the connection is new, reads fail with `TimedOut` if that head is not
+///   complete within `header_timeout`. Bodies and idle keep-alive time are not counted.
+/// - slow readers: a write that cannot progress for `write_timeout` fails with `TimedOut`,
+///   so a client that never reads its answer cannot hold a connection slot (or the drain).
+/// - the drain: once shutdown starts, a read while no request is in progress sees end of
+///   stream, which closes the connection.
+struct Guarded {
+    io: TcpStream,
+    activity: Arc<Activity>,
+    header_timeout: Duration,
+    head_deadline: Pin<Box<Sleep>>,
+    /// The head being timed is the one after this many started requests.
+    head_armed: Option<u32>,
+    write_timeout: Duration,
+    write_deadline: Pin<Box<Sleep>>,
+    write_armed: bool,
+    drain: Arc<Drain>,
+    /// Created with the connection, so it hears a `notify_waiters` even before it is polled.
+    drain_notified: Pin<Box<OwnedNotified>>,
+}
+
+impl Guarded {
+    fn new(io: TcpStream, activity: Arc<Activity>, drain: &Arc<Drain>, cfg: &Config) -> Guarded {
+        Guarded {
             io,
             activity,
-            limit,
-            deadline,
-            armed: Some(0),
+            header_timeout: cfg.header_timeout,
+            head_deadline: Box::pin(tokio::time::sleep(cfg.header_timeout)),
+            head_armed: Some(0),
+            write_timeout: cfg.write_timeout,
+            write_deadline: Box::pin(tokio::time::sleep(cfg.write_timeout)),
+            write_armed: false,
+            drain: Arc::clone(drain),
+            drain_notified: Box::pin(Arc::clone(&drain.notify).notified_owned()),
+        }
+    }
+
+    /// Called when a write could not progress: fails once it has been stuck too long.
+    fn write_stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        if !self.write_armed {
+            self.write_armed = true;
+            self.write_deadline
+                .as_mut()
+                .reset(Instant::now() + self.write_timeout);
+        }
+        match self.write_deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client did not read the answer in time",
+            )),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Maps a write poll result through the stall guard.
+    fn guard_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match r {
+            Poll::Pending => self.write_stalled(cx).map(Err),
+            ready => {
+                self.write_armed = false;
+                ready
+            }
         }
     }
 }
 
-impl AsyncRead for HeadTimeout {
+impl AsyncRead for Guarded {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -185,10 +247,16 @@ impl AsyncRead for HeadTimeout {
         let this = &mut *self;
         let started = this.activity.started.load(Ordering::Acquire);
         let busy = started != this.activity.finished.load(Ordering::Acquire);
-        if this.armed.is_some_and(|at| at != started) {
-            this.armed = None; // the timed head arrived
+        if !busy
+            && (this.drain.started.load(Ordering::Acquire)
+                || this.drain_notified.as_mut().poll(cx).is_ready())
+        {
+            return Poll::Ready(Ok(())); // end of stream: no request in progress, draining
         }
-        if this.armed.is_some() && this.deadline.as_mut().poll(cx).is_ready() {
+        if this.head_armed.is_some_and(|at| at != started) {
+            this.head_armed = None; // the timed head arrived
+        }
+        if this.head_armed.is_some() && this.head_deadline.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "request head not received in time",
@@ -196,23 +264,26 @@ impl AsyncRead for HeadTimeout {
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
-        if this.armed.is_none() && !busy && buf.filled().len() > before {
-            this.armed = Some(started);
-            this.deadline.as_mut().reset(Instant::now() + this.limit);
+        if this.head_armed.is_none() && !busy && buf.filled().len() > before {
+            this.head_armed = Some(started);
+            this.head_deadline
+                .as_mut()
+                .reset(Instant::now() + this.header_timeout);
             // Register the timer's waker, so a client that goes quiet is still timed out.
-            let _ = this.deadline.as_mut().poll(cx);
+            let _ = this.head_deadline.as_mut().poll(cx);
         }
         Poll::Ready(Ok(()))
     }
 }
 
-impl AsyncWrite for HeadTimeout {
+impl AsyncWrite for Guarded {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.guard_write(cx, r)
     }
 
     fn poll_write_vectored(
@@ -220,7 +291,8 @@ impl AsyncWrite for HeadTimeout {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.guard_write(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -228,7 +300,8 @@ impl AsyncWrite for HeadTimeout {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let r = Pin::new(&mut self.io).poll_flush(cx);
+        self.guard_write(cx, r)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
