@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use hyper::body::Incoming;
-use hyper::header::{HeaderName, HeaderValue, USER_AGENT};
-use hyper::{HeaderMap, Method, Request, Response, StatusCode};
+use hyper::header::{HOST, HeaderName, HeaderValue, USER_AGENT};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use log::Level;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -252,10 +252,17 @@ fn event_shape(value: Value) -> Result<(String, Option<Value>), ApiError> {
     Ok((kind, map.remove("data")))
 }
 
-/// Refuses heads beyond the configured size with a JSON 431. (hyper's parser refuses heads
-/// that do not fit its buffer at all, or carry over 100 fields, with a bare 431.)
+/// Refuses heads beyond the configured size with a JSON 431 (hyper's parser refuses heads
+/// that do not fit its buffer at all, or carry over 100 fields, with a bare 431), and
+/// HTTP/1.1 requests without exactly one `Host` with a 400, as RFC 9112 section 3.2 requires:
+/// two differing hosts would let a proxy and this service disagree on the target.
 fn check_head(req: &Request<Incoming>, max_bytes: usize) -> Result<(), ApiError> {
     let headers = req.headers();
+    if req.version() == Version::HTTP_11 && headers.get_all(HOST).iter().count() != 1 {
+        return Err(ApiError::BadRequest(
+            "an HTTP/1.1 request needs exactly one Host header".into(),
+        ));
+    }
     let size = req.uri().to_string().len()
         + headers
             .iter()
