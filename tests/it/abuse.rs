@@ -527,7 +527,6 @@ async fn running_out_of_descriptors_does_not_spin_and_recovers() {
 /// slot, or a shutdown drain, forever. With MAX_CONNECTIONS=1, a second client waits for that
 /// slot and must be served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: no write timeout; a client that never reads holds its slot and the drain forever"]
 async fn a_client_that_never_reads_is_dropped() {
     let server = support::start_server_with(&[
         ("MAX_CONNECTIONS", "1"),

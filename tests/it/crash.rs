@@ -897,7 +897,6 @@ async fn four_processes_append_100k_records_without_a_torn_line() {
 /// blocks only the events waiting for it: `GET /` and `/health` on other connections keep
 /// answering, and once the disk moves again the waiting events complete with 201.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: event commits block runtime workers in write(2); a stalled log freezes every route"]
 async fn a_stalled_log_write_does_not_freeze_the_service() {
     let dir = TempDir::new();
     let fifo = dir.0.join("log.fifo");
@@ -980,7 +979,6 @@ async fn a_stalled_log_write_does_not_freeze_the_service() {
 /// one and an idle kept-alive one are not in-flight requests, so the drain closes them and
 /// exits 0 at once instead of waiting out the grace period.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a connection mid-head at SIGTERM holds the drain until GRACE expires (exit 1)"]
 async fn sigterm_does_not_wait_for_clients_that_sent_no_whole_request() {
     let dir = TempDir::new();
     let log = dir.0.join("api.log");
@@ -1019,7 +1017,6 @@ async fn sigterm_does_not_wait_for_clients_that_sent_no_whole_request() {
 /// a restart: the fragment stays a line of its own and every record of the new process is
 /// whole; none is glued onto the fragment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: the first record after a restart is glued onto a torn last line"]
 async fn a_restart_does_not_glue_records_onto_a_torn_last_line() {
     let dir = TempDir::new();
     let log = dir.0.join("logs/api.log");
@@ -1048,7 +1045,6 @@ async fn a_restart_does_not_glue_records_onto_a_torn_last_line() {
 /// log write still turns `/health` to 503: reporting the failure to a broken stderr must not
 /// take down the code that records it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: eprintln! to a broken stderr panics in the log commit; /health stays 200 on a full disk"]
 async fn a_broken_stderr_does_not_hide_a_failing_log() {
     use std::io::BufRead;
     let dir = TempDir::new();

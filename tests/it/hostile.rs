@@ -383,8 +383,6 @@ struct Case {
     name: String,
     /// Acceptable outcomes; each is a sequence of statuses, possibly ending in `close`.
     expect: Vec<Vec<String>>,
-    /// Marked `~bug`: the expectation is what the contract demands, the server disagrees.
-    known_bug: bool,
     bytes: Vec<u8>,
 }
 
@@ -419,10 +417,6 @@ fn parse_table(text: &str) -> Vec<Case> {
             names.insert(name.to_string()),
             "hostile.txt:{line}: duplicate name {name}"
         );
-        let (expect, known_bug) = match expect.strip_suffix("~bug") {
-            Some(e) => (e, true),
-            None => (expect, false),
-        };
         let expect: Vec<Vec<String>> = expect
             .split('|')
             .map(|alt| alt.split(',').map(str::to_string).collect())
@@ -439,7 +433,6 @@ fn parse_table(text: &str) -> Vec<Case> {
             line,
             name: name.to_string(),
             expect,
-            known_bug,
             bytes,
         });
     }
@@ -834,10 +827,7 @@ fn the_case_table_covers_every_category() {
 /// records: one access record per service answer, one event record per 201.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_get_their_expected_answers() {
-    let cases: Vec<Case> = parse_table(TABLE)
-        .into_iter()
-        .filter(|c| !c.known_bug)
-        .collect();
+    let cases = parse_table(TABLE);
     let total = cases.len();
     let (mut failures, server, mut tally) = run_cases(cases).await;
 
@@ -866,18 +856,4 @@ async fn hostile_requests_get_their_expected_answers() {
         failures.len(),
         failures.join("\n")
     );
-}
-
-/// The cases marked `~bug` in the table: what the contract (RFC 9112) demands and the server
-/// does not yet do. Remove the marks once fixed; then this test finds no case and fails.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: see the ~bug rows of tests/data/hostile.txt"]
-async fn known_bug_cases_get_their_expected_answers() {
-    let cases: Vec<Case> = parse_table(TABLE)
-        .into_iter()
-        .filter(|c| c.known_bug)
-        .collect();
-    assert!(!cases.is_empty(), "no ~bug rows are left: delete this test");
-    let (failures, _server, _) = run_cases(cases).await;
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

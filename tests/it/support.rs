@@ -68,8 +68,11 @@ pub async fn start_server() -> TestServer {
 /// Starts a server with settings given as environment pairs (`("MAX_BODY_BYTES", "100")`).
 pub async fn start_server_with(env: &[(&str, &str)]) -> TestServer {
     let dir = TempDir::new();
-    let log = dir.0.join("logs/api.log");
-    let log_str = log.to_str().expect("temp paths are UTF-8").to_string();
+    let default_log = dir.0.join("logs/api.log");
+    let log_str = default_log
+        .to_str()
+        .expect("temp paths are UTF-8")
+        .to_string();
     let mut pairs: Vec<(String, String)> = env
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -82,6 +85,7 @@ pub async fn start_server_with(env: &[(&str, &str)]) -> TestServer {
         other => panic!("test settings must parse: {other:?}"),
     };
     let sink = Sink::open(&cfg.log_file, cfg.log_level).expect("the test log opens");
+    let log = cfg.log_file.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (trigger, shutdown) = shutdown::channel();
