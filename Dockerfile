@@ -10,24 +10,27 @@ ARG BUILDER_IMAGE=rust:1.95-slim-bookworm
 # Never run as a container, so no HEALTHCHECK (DL3057 is enabled for the runtime stage).
 # hadolint ignore=DL3057
 FROM ${BUILDER_IMAGE} AS build
-ARG TARGET=x86_64-unknown-linux-musl
 WORKDIR /src
-RUN rustup target add "$TARGET"
+# The musl target of the building machine's architecture (x86_64 here; aarch64 on arm64
+# hosts), so the image runs where it is built. musl links fully statically.
+RUN rustup target add "$(uname -m)-unknown-linux-musl"
 
 # Dependencies first, in their own layer: it is rebuilt only when Cargo.toml or Cargo.lock
 # change, not on every source edit. A stub main.rs stands in for src/ while they compile;
 # `cargo clean -p api` then drops the stub's artifacts so the real build cannot mistake
 # them for up to date (COPY keeps the context's older mtimes).
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
+RUN target="$(uname -m)-unknown-linux-musl" \
+ && mkdir src \
  && echo 'fn main() {}' > src/main.rs \
- && cargo build --release --locked --target "$TARGET" \
- && cargo clean --release --target "$TARGET" -p api \
+ && cargo build --release --locked --target "$target" \
+ && cargo clean --release --target "$target" -p api \
  && rm -rf src
 
 COPY src ./src
-RUN cargo build --release --locked --target "$TARGET" \
- && cp "target/$TARGET/release/api" /api \
+RUN target="$(uname -m)-unknown-linux-musl" \
+ && cargo build --release --locked --target "$target" \
+ && cp "target/$target/release/api" /api \
  && mkdir -p /empty/logs
 
 # ---- runtime: scratch ----------------------------------------------------------------------

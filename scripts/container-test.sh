@@ -217,14 +217,21 @@ check "no shell: running /bin/sh fails" \
 check "binary is static (runs with nothing else in the image)" \
   bash -c "$DOCKER run --rm --label api-ctest=$PROJECT --network none $IMAGE --version >/dev/null"
 
+# Compose v2 builds with BuildKit, v1 with the legacy builder: the Dockerfile must suit both.
+# DOCKER_BUILDKIT=1 needs the buildx plugin from CLI 23 on; a 20.10 CLI has BuildKit built in.
 if [ "${CT_BUILDKIT:-1}" = 1 ]; then
-  images+=("$IMAGE-buildkit")
-  if DOCKER_BUILDKIT=1 timeout 1800 "$DOCKER" build -q --build-arg "BUILDER_IMAGE=$BUILDER_IMAGE" \
-    -t "$IMAGE-buildkit" "$DIR" >"$WORK/bk.log" 2>&1; then
-    bk=$("$DOCKER" image inspect -f '{{.Config.User}} {{.Size}}' "$IMAGE-buildkit")
-    check "BuildKit build gives the same contract ($bk)" [ "${bk%% *}" = 10001:10001 ] && [ "${bk##* }" -le "$MAX_IMAGE_BYTES" ]
+  cli_major=$("$DOCKER" version -f '{{.Client.Version}}' 2>/dev/null | cut -d. -f1)
+  if "$DOCKER" buildx version >/dev/null 2>&1 || [ "${cli_major:-99}" -lt 23 ]; then
+    images+=("$IMAGE-buildkit")
+    if DOCKER_BUILDKIT=1 timeout 1800 "$DOCKER" build -q --build-arg "BUILDER_IMAGE=$BUILDER_IMAGE" \
+      -t "$IMAGE-buildkit" "$DIR" >"$WORK/bk.log" 2>&1; then
+      bk=$("$DOCKER" image inspect -f '{{.Config.User}} {{.Size}}' "$IMAGE-buildkit")
+      check "BuildKit build gives the same contract ($bk)" [ "$bk" = "10001:10001 $size" ]
+    else
+      tail -n 20 "$WORK/bk.log"; fail "BuildKit build (DOCKER_BUILDKIT=1 $DOCKER build)"
+    fi
   else
-    tail -n 20 "$WORK/bk.log"; fail "BuildKit build (DOCKER_BUILDKIT=1 $DOCKER build)"
+    skip "BuildKit build: $DOCKER has no buildx plugin (set DOCKER to a CLI with BuildKit)"
   fi
 fi
 
