@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::health;
 use crate::ids::IdGen;
-use crate::logging::{self, Line, Sink};
+use crate::logging::{self, Access, Line, Sink};
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -109,20 +109,19 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp
         } else {
             body_len(&resp)
         };
-        let micros = start.elapsed().as_micros() as u64;
-        app.sink.record(level, "access", |line| {
-            line.str("method", method.as_str())
-                .str("path", uri.path())
-                .u64("status", u64::from(resp.status().as_u16()))
-                .u64("bytes", bytes)
-                .u64("duration_us", micros)
-                .bytes("request_id", request_id.as_bytes())
-                .str("client", &client.to_string())
-                .bytes(
-                    "user_agent",
-                    user_agent.as_ref().map_or(b"", |v| v.as_bytes()),
-                );
-        });
+        app.sink.access(
+            level,
+            &Access {
+                method: method.as_str(),
+                path: uri.path(),
+                status: resp.status().as_u16(),
+                bytes,
+                duration_us: start.elapsed().as_micros() as u64,
+                request_id: request_id.as_bytes(),
+                client,
+                user_agent: user_agent.as_ref().map_or(b"", |v| v.as_bytes()),
+            },
+        );
     }
     resp
 }

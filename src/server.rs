@@ -247,10 +247,7 @@ impl AsyncRead for Guarded {
         let this = &mut *self;
         let started = this.activity.started.load(Ordering::Acquire);
         let busy = started != this.activity.finished.load(Ordering::Acquire);
-        if !busy
-            && (this.drain.started.load(Ordering::Acquire)
-                || this.drain_notified.as_mut().poll(cx).is_ready())
-        {
+        if !busy && this.drain.started.load(Ordering::Acquire) {
             return Poll::Ready(Ok(())); // end of stream: no request in progress, draining
         }
         if this.head_armed.is_some_and(|at| at != started) {
@@ -263,7 +260,12 @@ impl AsyncRead for Guarded {
             )));
         }
         let before = buf.filled().len();
-        ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+        let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        if read.is_pending() && !busy && this.drain_notified.as_mut().poll(cx).is_ready() {
+            // About to wait for a request: the drain's wake-up must reach this task.
+            return Poll::Ready(Ok(()));
+        }
+        ready!(read)?;
         if this.head_armed.is_none() && !busy && buf.filled().len() > before {
             this.head_armed = Some(started);
             this.head_deadline
