@@ -102,10 +102,10 @@ cid_of() { # container id of a service of project $1
 }
 health_of() { "$DOCKER" inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$1" 2>/dev/null; }
 
-# wait_health CID WANT SECONDS: polls every 0.5 s, at most SECONDS*2 times
+# wait_health CID WANT SECS: polls every 0.5 s, at most SECS*2 times and for at most SECS
 wait_health() {
-  local i
-  for ((i = 0; i < $3 * 2; i++)); do
+  local i end=$((SECONDS + $3))
+  for ((i = 0; i < $3 * 2 && SECONDS <= end; i++)); do
     [ "$(health_of "$1")" = "$2" ] && return 0
     sleep 0.5
   done
@@ -216,6 +216,14 @@ check "no shell: running /bin/sh fails" \
   bash -c "! $DOCKER run --rm --label api-ctest=$PROJECT --entrypoint /bin/sh $IMAGE -c true >/dev/null 2>&1"
 check "binary is static (runs with nothing else in the image)" \
   bash -c "$DOCKER run --rm --label api-ctest=$PROJECT --network none $IMAGE --version >/dev/null"
+
+# Without log-init, a root-owned log directory: exit 1 with one line saying what to do.
+mkdir -p "$WORK/rootlogs" && chmod 755 "$WORK/rootlogs"
+out=$(timeout 30 "$DOCKER" run --rm --label "api-ctest=$PROJECT" --network none --read-only \
+  -v "$WORK/rootlogs:/app/logs" "$IMAGE" 2>&1); code=$?
+check "unwritable log dir: exit 1 naming uid 10001 and the fix (got $code)" \
+  bash -c "[ $code = 1 ] && grep -q 'uid 10001' <<<\"\$1\" && grep -q 'prepare-logs' <<<\"\$1\"" _ "$out"
+echo "  it said: $(tail -n 1 <<<"$out")"
 
 # Compose v2 builds with BuildKit, v1 with the legacy builder: the Dockerfile must suit both.
 # DOCKER_BUILDKIT=1 needs the buildx plugin from CLI 23 on; a 20.10 CLI has BuildKit built in.
