@@ -269,7 +269,12 @@ fn check_head(req: &Request<Incoming>, max_bytes: usize) -> Result<(), ApiError>
             "an HTTP/1.1 request needs exactly one Host header".into(),
         ));
     }
-    let size = req.uri().to_string().len()
+    // The target's length without formatting it (this runs for every request).
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(1, |pq| pq.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.scheme_str().map_or(0, |s| s.len() + 3);
+    let size = target
         + headers
             .iter()
             .map(|(k, v)| k.as_str().len() + v.len() + 4)
