@@ -166,6 +166,20 @@ struct Drain {
     notify: Arc<Notify>,
 }
 
+fn head_timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "request head not received in time")
+}
+
+/// A request head being timed.
+struct HeadClock {
+    /// It is the head after this many started requests.
+    after: u32,
+    began: Instant,
+    /// Whether `head_deadline` is set for it. Only a head that does not arrive whole in one
+    /// read needs the timer; most do, and skip the timer wheel entirely.
+    registered: bool,
+}
+
 /// The socket, plus the guards hyper does not provide:
 /// - slow heads: once a request head has begun (its first byte read while no request is in
 ///   progress), or the connection is new, reads fail with `TimedOut` if that head is not
@@ -179,8 +193,8 @@ struct Guarded {
     activity: Arc<Activity>,
     header_timeout: Duration,
     head_deadline: Pin<Box<Sleep>>,
-    /// The head being timed is the one after this many started requests.
-    head_armed: Option<u32>,
+    /// The head being timed, if any.
+    head: Option<HeadClock>,
     write_timeout: Duration,
     write_deadline: Pin<Box<Sleep>>,
     write_armed: bool,
@@ -196,7 +210,11 @@ impl Guarded {
             activity,
             header_timeout: cfg.header_timeout,
             head_deadline: Box::pin(tokio::time::sleep(cfg.header_timeout)),
-            head_armed: Some(0),
+            head: Some(HeadClock {
+                after: 0,
+                began: Instant::now(),
+                registered: false,
+            }),
             write_timeout: cfg.write_timeout,
             write_deadline: Box::pin(tokio::time::sleep(cfg.write_timeout)),
             write_armed: false,
@@ -250,29 +268,40 @@ impl AsyncRead for Guarded {
         if !busy && this.drain.started.load(Ordering::Acquire) {
             return Poll::Ready(Ok(())); // end of stream: no request in progress, draining
         }
-        if this.head_armed.is_some_and(|at| at != started) {
-            this.head_armed = None; // the timed head arrived
+        if this.head.as_ref().is_some_and(|h| h.after != started) {
+            this.head = None; // the timed head arrived
         }
-        if this.head_armed.is_some() && this.head_deadline.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "request head not received in time",
-            )));
+        if this.head.as_ref().is_some_and(|h| h.registered)
+            && this.head_deadline.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Err(head_timed_out()));
         }
         let before = buf.filled().len();
         let read = Pin::new(&mut this.io).poll_read(cx, buf);
-        if read.is_pending() && !busy && this.drain_notified.as_mut().poll(cx).is_ready() {
-            // About to wait for a request: the drain's wake-up must reach this task.
-            return Poll::Ready(Ok(()));
+        if read.is_pending() {
+            if !busy && this.drain_notified.as_mut().poll(cx).is_ready() {
+                // About to wait for a request: the drain's wake-up must reach this task.
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(h) = this.head.as_mut().filter(|h| !h.registered) {
+                // Waiting for the rest of a head: now the clock must be able to wake us.
+                h.registered = true;
+                this.head_deadline
+                    .as_mut()
+                    .reset(h.began + this.header_timeout);
+                if this.head_deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(head_timed_out()));
+                }
+            }
+            return Poll::Pending;
         }
         ready!(read)?;
-        if this.head_armed.is_none() && !busy && buf.filled().len() > before {
-            this.head_armed = Some(started);
-            this.head_deadline
-                .as_mut()
-                .reset(Instant::now() + this.header_timeout);
-            // Register the timer's waker, so a client that goes quiet is still timed out.
-            let _ = this.head_deadline.as_mut().poll(cx);
+        if this.head.is_none() && !busy && buf.filled().len() > before {
+            this.head = Some(HeadClock {
+                after: started,
+                began: Instant::now(),
+                registered: false,
+            });
         }
         Poll::Ready(Ok(()))
     }
