@@ -185,7 +185,7 @@ rm -rf "$DIR/logs"
 note "build (${COMPOSE[*]}: legacy builder for v1, BuildKit for v2)"
 images+=("$IMAGE")
 t0=$(now)
-dc build >"$WORK/build.log" 2>&1 || { tail -n 30 "$WORK/build.log"; die "compose build"; }
+dc build --force-rm >"$WORK/build.log" 2>&1 || { tail -n 30 "$WORK/build.log"; die "compose build"; }
 pass "compose build ($(secs "$t0" "$(now)")s)"
 
 note "image contract"
