@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::body::Bytes;
 use hyper::{Response, StatusCode};
@@ -17,8 +17,9 @@ use crate::logging::Sink;
 /// User-Agent prefix of the probe; its requests are access-logged at debug level only.
 pub const PROBE_AGENT: &[u8] = b"api-healthcheck/";
 
-/// Whole-probe budget; Docker's own timeout (3 s in the Dockerfile) is the outer bound.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Budget for the whole probe, inside the Dockerfile's 2 s HEALTHCHECK timeout, so that a slow
+/// server gets our one-line verdict rather than Docker's kill.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// `GET /health`: 200 `{"status":"ok"}` while the log can be written, else 503 with the reason.
 pub fn respond(sink: &Sink) -> Response<Body> {
@@ -43,11 +44,20 @@ pub fn probe(cfg: &Config) -> Result<String, String> {
     let addr = SocketAddr::new(ip, cfg.port);
     let unhealthy = |why: String| format!("unhealthy: {addr}: {why}");
 
+    let deadline = Instant::now() + PROBE_TIMEOUT;
     let mut stream = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT)
         .map_err(|e| unhealthy(format!("cannot connect: {e}")))?;
+    // What is left of the budget (never zero: a zero timeout means none).
+    let left = || {
+        Some(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        )
+    };
     stream
-        .set_read_timeout(Some(PROBE_TIMEOUT))
-        .and_then(|()| stream.set_write_timeout(Some(PROBE_TIMEOUT)))
+        .set_write_timeout(left())
+        .and_then(|()| stream.set_read_timeout(left()))
         .map_err(|e| unhealthy(e.to_string()))?;
     let request = format!(
         "GET /health HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: api-healthcheck/{}\r\nConnection: close\r\n\r\n",

@@ -527,11 +527,12 @@ fn open_error(path: &Path, e: &io::Error) -> OpenError {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    // Absolute, so that inside a container it reads `/app/logs`, the mount point.
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     let hint = match e.kind() {
         io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => format!(
-            "make {} writable by uid {uid} (e.g. `sudo chown {uid} {}`, or run `api --prepare-logs {uid}:{uid}` as root), or set LOG_FILE to a writable path",
+            "make {} writable by uid {uid} (if it is a mounted host directory, on the host: `sudo chown {uid} <that directory>`; or run `api --prepare-logs {uid}:{uid}` as root, as compose's log-init does), or set LOG_FILE to a writable path",
             dir.display(),
-            dir.display()
         ),
         _ => "check the path, or set LOG_FILE to a writable file".to_string(),
     };
@@ -551,11 +552,23 @@ pub fn prepare_dir(path: &Path, uid: u32, gid: u32) -> Result<String, String> {
         .unwrap_or(Path::new("."));
     let fail = |what: &str, p: &Path, e: io::Error| format!("cannot {what} {}: {e}", p.display());
     fs::create_dir_all(dir).map_err(|e| fail("create", dir, e))?;
-    std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(|e| fail("chown", dir, e))?;
+    // Running as root on a directory others could write to: never follow a planted symlink,
+    // which would hand its target to `uid`.
+    let refuse_links = |p: &Path| match fs::symlink_metadata(p) {
+        Ok(m) if m.file_type().is_symlink() => Err(format!(
+            "refusing to prepare {}: it is a symbolic link",
+            p.display()
+        )),
+        _ => Ok(()),
+    };
+    refuse_links(dir)?;
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid)).map_err(|e| fail("chown", dir, e))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
         .map_err(|e| fail("chmod", dir, e))?;
-    if path.exists() {
-        std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| fail("chown", path, e))?;
+    if fs::symlink_metadata(path).is_ok() {
+        refuse_links(path)?;
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+            .map_err(|e| fail("chown", path, e))?;
         fs::set_permissions(path, fs::Permissions::from_mode(0o644))
             .map_err(|e| fail("chmod", path, e))?;
     }
@@ -566,7 +579,7 @@ pub fn prepare_dir(path: &Path, uid: u32, gid: u32) -> Result<String, String> {
 }
 
 /// Builds one JSON record in a buffer: `{"ts":…,"level":…,"msg":…` then fields, then `}\n`.
-/// Strings go through serde_json's escaper, so no input can break the line or add a field.
+/// Strings go through [`json_str`], so no input can break the line or add a field.
 pub struct Line<'a> {
     buf: &'a mut Vec<u8>,
 }

@@ -285,6 +285,15 @@ fn prepare_logs_hands_the_directory_over() {
     }
     let o = run_api(&dir.0, &["--prepare-logs", "nobody"], &[]);
     assert_eq!(o.status.code(), Some(2));
+    // A planted symlink is refused, and its target keeps its owner.
+    let target = dir.0.join("precious");
+    std::fs::write(&target, b"").unwrap();
+    std::fs::remove_file(dir.0.join("logs/api.log")).unwrap();
+    std::os::unix::fs::symlink(&target, dir.0.join("logs/api.log")).unwrap();
+    let o = run_api(&dir.0, &["--prepare-logs", "65534:65534"], &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("symbolic link"), "{}", stderr(&o));
+    assert_eq!(std::fs::metadata(&target).unwrap().uid(), 0);
 }
 
 /// The in-process server stops on a shutdown request and returns Ok once drained.
