@@ -18,7 +18,7 @@ cargo clippy --locked --all-targets -- -D warnings
 step "cargo test"
 cargo test --locked
 
-if docker info >/dev/null 2>&1; then
+if "${DOCKER:-docker}" info >/dev/null 2>&1; then
   step "container lint (hadolint, compose schema)"
   scripts/lint-container.sh
   step "container tests"
