@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use crate::hostile::kit::{self, Api, Conn, HANG, Next};
+use crate::kit::{self, Api, Conn, HANG, Next};
 use crate::support::{self, TempDir};
 
 /// How a slowloris client behaves.

@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use crate::hostile::kit::{self, Api, Conn, HANG, Next};
+use crate::kit::{self, Api, Conn, HANG, Next};
 use crate::support::{self, TempDir};
 
 /// What became of one POST /events.

@@ -1,5 +1,7 @@
 //! The integration tests: one crate, one module per area, all over real sockets and files.
 
+/// The raw-socket client and process helpers of the fault tests.
+mod kit;
 mod support;
 
 /// Slow, vanishing and flooding clients.
