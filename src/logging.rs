@@ -175,12 +175,7 @@ impl Sink {
         buf.extend_from_slice(b",\"user_agent\":");
         json_bytes(buf, a.user_agent);
         buf.extend_from_slice(b"}\n");
-        let full = buf.len() >= FLUSH_BYTES && !p.flush_now;
-        p.flush_now |= full;
-        drop(p);
-        if was_empty || full {
-            self.0.wake.notify_one();
-        }
+        self.appended(p, was_empty);
     }
 
     /// Buffers a line that is already formatted (fern's output), adding the newline.
@@ -190,8 +185,17 @@ impl Sink {
         // Writing into a Vec cannot fail.
         let _ = p.buf.write_fmt(*line);
         p.buf.push(b'\n');
+        self.appended(p, was_empty);
+    }
+
+    /// After a buffered (not durable) append: wakes the writer thread if it sleeps without a
+    /// timeout (the buffer was empty, so this record starts its interval) or if the buffer
+    /// is full enough to write at once.
+    fn appended(&self, mut p: MutexGuard<'_, Pending>, was_empty: bool) {
+        let full = p.buf.len() >= FLUSH_BYTES && !p.flush_now;
+        p.flush_now |= full;
         drop(p);
-        if was_empty {
+        if was_empty || full {
             self.0.wake.notify_one();
         }
     }
