@@ -218,7 +218,7 @@ fn sighup_reopens_after_rename() {
         }
     });
     p.signal("TERM");
-    assert_eq!(p.wait_exit(Duration::from_secs(10)), 0);
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
     let old = read_records(&rotated);
     let new = read_records(&log);
     let count = |recs: &[Value], t: &str| recs.iter().filter(|r| r["type"] == t).count();
@@ -247,7 +247,7 @@ fn sighup_reopens_after_rename() {
 #[test]
 fn concurrent_processes_never_tear_lines() {
     let dir = TempDir::new();
-    let procs: Vec<Proc> = (0..3).map(|_| spawn_api(&dir.0, &[])).collect();
+    let procs: Vec<Api> = (0..3).map(|_| spawn_api(&dir.0, &[])).collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let ids = rt.block_on(async {
         let mut tasks = Vec::new();
@@ -277,7 +277,7 @@ fn concurrent_processes_never_tear_lines() {
     });
     for mut p in procs {
         p.signal("TERM");
-        assert_eq!(p.wait_exit(Duration::from_secs(10)), 0);
+        assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
     }
     let records = read_records(&dir.0.join("logs/api.log"));
     let events: Vec<&str> = records

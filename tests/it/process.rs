@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 
 fn run_api(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = api_command();
+    let mut cmd = api_binary();
     cmd.current_dir(dir).args(args).stdin(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
@@ -144,7 +144,7 @@ fn missing_log_directory_is_created() {
     let dir = TempDir::new();
     let mut p = spawn_api(&dir.0, &[("LOG_FILE", "deep/er/api.log")]);
     p.signal("TERM");
-    assert_eq!(p.wait_exit(Duration::from_secs(10)), 0);
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
     let records = read_records(&dir.0.join("deep/er/api.log"));
     assert!(records.iter().any(|r| r["msg"] == "listening"));
 }
@@ -173,7 +173,7 @@ fn sigterm_drains_in_flight_requests() {
     let mut answer = String::new();
     slow.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
-    assert_eq!(p.wait_exit(Duration::from_secs(10)), 0);
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
     let records = read_records(&dir.0.join("logs/api.log"));
     let msgs: Vec<&str> = records.iter().filter_map(|r| r["msg"].as_str()).collect();
     for m in [
@@ -205,7 +205,7 @@ fn second_signal_forces_exit() {
     assert!(p.child.try_wait().unwrap().is_none(), "draining, not gone");
     let start = Instant::now();
     p.signal("INT");
-    assert_eq!(p.wait_exit(Duration::from_secs(10)), 1);
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(1));
     assert!(start.elapsed() < Duration::from_secs(10));
     let records = read_records(&dir.0.join("logs/api.log"));
     assert!(
@@ -224,9 +224,8 @@ fn grace_period_expiry_forces_exit() {
     stuck.write_all(b"POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 20\r\n\r\n{").unwrap();
     std::thread::sleep(Duration::from_millis(200));
     p.signal("TERM");
-    assert_eq!(p.wait_exit(Duration::from_secs(10)), 1);
-    let mut err = String::new();
-    p.stderr.read_to_string(&mut err).unwrap();
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(1));
+    let err = p.stderr();
     assert!(err.contains("grace period expired"), "{err}");
 }
 
@@ -248,7 +247,7 @@ fn healthcheck_exit_codes() {
         "the probe writes no log"
     );
     p.signal("TERM");
-    assert_eq!(p.wait_exit(Duration::from_secs(10)), 0);
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
 
     let o = run_api(&probe_dir.0, &["--healthcheck", "--port", &port], &[]);
     assert_eq!(o.status.code(), Some(1));

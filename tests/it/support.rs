@@ -2,10 +2,9 @@
 //! binary as a child process, and a small HTTP/1.1 client over raw sockets (so tests control
 //! every byte and see exactly what the server sends).
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -242,89 +241,130 @@ pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool
     cond()
 }
 
-/// The `api` binary running as a child, listening on a free port of 127.0.0.1.
-pub struct Proc {
-    pub child: Child,
-    pub addr: SocketAddr,
-    pub stderr: BufReader<ChildStderr>,
+/// The binary under test.
+pub fn api_binary() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_api"))
 }
 
-impl Proc {
-    /// Sends `signal` (e.g. "TERM") with kill(1).
-    pub fn signal(&self, signal: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill(1) runs");
-        assert!(ok.success(), "kill -{signal} succeeded");
+/// Longest wait for a started binary's "listening" record.
+const START_LIMIT: Duration = Duration::from_secs(10);
+
+/// The `api` binary as a child on 127.0.0.1 with a free port, its stderr drained by a
+/// thread (so a chatty child can never block on a full pipe) and kept for inspection.
+pub struct Api {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The thread draining stderr; joined once the child exits, so `stderr()` is complete.
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A command for the binary with `LOG_FILE=log`, `HOST=127.0.0.1`, `PORT=0` and `env`,
+/// run in `dir`.
+pub fn api_command(
+    dir: &std::path::Path,
+    log: &std::path::Path,
+    env: &[(&str, &str)],
+) -> std::process::Command {
+    let mut cmd = api_binary();
+    cmd.current_dir(dir)
+        .env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .env("LOG_FILE", log)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+impl Api {
+    /// Starts `cmd` and waits (up to [`START_LIMIT`]) for its "listening" record.
+    pub fn start(mut cmd: std::process::Command) -> Api {
+        use std::io::BufRead;
+        cmd.stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("the api binary starts");
+        let pipe = child.stderr.take().expect("stderr is piped");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let keep = std::sync::Arc::clone(&stderr);
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(rec) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if rec["msg"] == "listening" {
+                        let _ = tx.send(rec["addr"].as_str().unwrap_or("").to_string());
+                    }
+                }
+                let mut all = keep.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
+        match rx.recv_timeout(START_LIMIT) {
+            Ok(addr) => Api {
+                child,
+                addr: addr.parse().expect("listening names its address"),
+                stderr,
+                reader: Some(reader),
+            },
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("api did not listen: {}", stderr.lock().unwrap());
+            }
+        }
     }
 
-    /// Waits up to `limit` for exit; returns the exit code (panics if it did not exit).
-    pub fn wait_exit(&mut self, limit: Duration) -> i32 {
-        let start = Instant::now();
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. "TERM", "KILL") with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(ok.success(), "kill -{signal} {}", self.pid());
+    }
+
+    /// Waits up to `limit` for the exit; the exit code, or `None` if a signal ended it.
+    /// Panics if it is still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let start = std::time::Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join(); // the pipe closed with the child
+                }
+                return status.code();
             }
             assert!(
                 start.elapsed() < limit,
-                "the process did not exit within {limit:?}"
+                "api did not exit within {limit:?}; stderr:\n{}",
+                self.stderr()
             );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+
+    /// Everything it wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
 }
 
-impl Drop for Proc {
+impl Drop for Api {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-/// A `Command` for the binary under test.
-pub fn api_command() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_api"))
-}
-
-/// Starts the binary with `LOG_FILE` in `dir`, `PORT=0` and `env`, and waits for its
-/// "listening" record on stderr to learn the port.
-pub fn spawn_api(dir: &Path, env: &[(&str, &str)]) -> Proc {
-    let mut cmd = api_command();
-    cmd.current_dir(dir)
-        .env("HOST", "127.0.0.1")
-        .env("PORT", "0")
-        .env("LOG_FILE", dir.join("logs/api.log"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("the api binary starts");
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr is piped"));
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        if stderr.read_line(&mut line).expect("stderr is readable") == 0 {
-            break None;
-        }
-        let Ok(rec) = serde_json::from_str::<Value>(&line) else {
-            continue;
-        };
-        if rec["msg"] == "listening" {
-            break rec["addr"].as_str().and_then(|a| a.parse().ok());
-        }
-    };
-    match addr {
-        Some(addr) => Proc {
-            child,
-            addr,
-            stderr,
-        },
-        None => {
-            let status = child.wait();
-            panic!("api exited before listening: {status:?}");
-        }
-    }
+/// Starts the binary in `dir` with `LOG_FILE=dir/logs/api.log` and `env`.
+pub fn spawn_api(dir: &Path, env: &[(&str, &str)]) -> Api {
+    Api::start(api_command(dir, &dir.join("logs/api.log"), env))
 }
