@@ -80,7 +80,7 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp
     let start = Instant::now();
     let request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(v) if valid_request_id(v.as_bytes()) => v.clone(),
-        _ => HeaderValue::try_from(app.ids.next()).expect("generated ids are hex"),
+        _ => HeaderValue::from_bytes(app.ids.next().as_bytes()).expect("generated ids are hex"),
     };
     let method = req.method().clone();
     // Cloning a Uri shares its bytes; the path is needed after the request is consumed.
@@ -197,7 +197,7 @@ async fn create_event(
     let now = OffsetDateTime::now_utc();
     let mut record = Vec::with_capacity(256 + bytes.len());
     let mut line = Line::start_at(&mut record, now, Level::Info, "event");
-    line.str("id", &id)
+    line.str("id", id.as_str())
         .str("type", &kind)
         .bytes("request_id", request_id.as_bytes())
         .ip("client", client);
