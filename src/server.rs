@@ -1,20 +1,20 @@
 //! The accept loop: one tokio task per connection, served by hyper's HTTP/1.1 connection
 //! driver, at most `max_connections` at once, and a graceful drain on shutdown.
 //!
-//! Timeouts: a connection must deliver each request head within `header_timeout` of its first
-//! byte (and a new connection its first head within `header_timeout` of connecting), which is
-//! what drops slowloris clients; hyper's own header timer, which starts whenever a connection
-//! waits for a head, is set to `idle_timeout` and so closes idle keep-alive connections. The
-//! split keeps the slow-client guard tight while idle connections outlive a load balancer's
-//! idle timeout (60 s on common ones), avoiding the race where both sides close at once.
-//! A write that cannot progress for `write_timeout` (a client that never reads) closes the
-//! connection too.
+//! Timeouts, all kept by the connection's IO wrapper ([`Guarded`]): a connection must deliver
+//! each request head within `header_timeout` of its first byte (and a new connection its first
+//! head within `header_timeout` of connecting), which is what drops slowloris clients; a
+//! keep-alive connection with no request for `idle_timeout` is closed. The split keeps the
+//! slow-client guard tight while idle connections outlive a load balancer's idle timeout (60 s
+//! on common ones), avoiding the race where both sides close at once. A write that cannot
+//! progress for `write_timeout` (a client that never reads) closes the connection too.
+//! hyper's own header timer is off: it allocates and registers a timer for every request.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use hyper::Request;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -43,8 +43,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// an expired grace period ends it early with an error naming the reason.
 pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -> io::Result<()> {
     let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(app.cfg.idle_timeout)
+    http.header_read_timeout(None)
         .keep_alive(true)
         // Heads up to the configured limit reach our JSON 431; beyond this hyper answers alone.
         // (So does a head of over 100 fields: raising hyper's field limit moves its parse
@@ -77,7 +76,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
         };
         // Small JSON answers: don't let Nagle hold them back.
         let _ = stream.set_nodelay(true);
-        let activity = Arc::new(Activity::default());
+        let activity = Arc::new(Activity::new());
         let io = Guarded::new(stream, Arc::clone(&activity), &drain, &app.cfg);
         let app = Arc::clone(&app);
         let service = service_fn(move |req: Request<Incoming>| {
@@ -86,7 +85,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
             activity.started.fetch_add(1, Ordering::AcqRel);
             async move {
                 let resp = routes::handle(&app, req, peer).await;
-                activity.finished.fetch_add(1, Ordering::AcqRel);
+                activity.finish();
                 Ok::<_, std::convert::Infallible>(resp)
             }
         });
@@ -153,10 +152,34 @@ pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// Requests a connection has begun (hyper parsed their head) and finished answering.
-#[derive(Default)]
 struct Activity {
     started: AtomicU32,
     finished: AtomicU32,
+    opened: Instant,
+    /// When the last request finished, in milliseconds after `opened`.
+    last_end_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            started: AtomicU32::new(0),
+            finished: AtomicU32::new(0),
+            opened: Instant::now(),
+            last_end_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn finish(&self) {
+        let ms = self.opened.elapsed().as_millis() as u64;
+        self.last_end_ms.store(ms, Ordering::Release);
+        self.finished.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// When the connection last became idle: the end of its last request, or its opening.
+    fn idle_since(&self) -> Instant {
+        self.opened + Duration::from_millis(self.last_end_ms.load(Ordering::Acquire))
+    }
 }
 
 /// Set once at shutdown; wakes connections that wait for a request.
@@ -180,10 +203,16 @@ struct HeadClock {
     registered: bool,
 }
 
-/// The socket, plus the guards hyper does not provide:
+/// The socket, plus the guards hyper does not provide (or, for idle time, provides at a cost
+/// per request):
 /// - slow heads: once a request head has begun (its first byte read while no request is in
 ///   progress), or the connection is new, reads fail with `TimedOut` if that head is not
 ///   complete within `header_timeout`. Bodies and idle keep-alive time are not counted.
+/// - idle connections: once no request has been in progress, nor a head begun, for
+///   `idle_timeout`, a read sees end of stream, which closes the connection. The timer is
+///   lazy: it is registered once and, when it fires early because requests came meanwhile,
+///   moved to `idle_timeout` after the end of the last one (which [`Activity`] records), so a
+///   busy connection touches the timer wheel about once per `idle_timeout`, not per request.
 /// - slow readers: a write that cannot progress for `write_timeout` fails with `TimedOut`,
 ///   so a client that never reads its answer cannot hold a connection slot (or the drain).
 /// - the drain: once shutdown starts, a read while no request is in progress sees end of
@@ -195,6 +224,8 @@ struct Guarded {
     head_deadline: Pin<Box<Sleep>>,
     /// The head being timed, if any.
     head: Option<HeadClock>,
+    idle_timeout: Duration,
+    idle_deadline: Pin<Box<Sleep>>,
     write_timeout: Duration,
     write_deadline: Pin<Box<Sleep>>,
     write_armed: bool,
@@ -205,6 +236,7 @@ struct Guarded {
 
 impl Guarded {
     fn new(io: TcpStream, activity: Arc<Activity>, drain: &Arc<Drain>, cfg: &Config) -> Guarded {
+        let now = Instant::now();
         Guarded {
             io,
             activity,
@@ -212,15 +244,37 @@ impl Guarded {
             head_deadline: Box::pin(tokio::time::sleep(cfg.header_timeout)),
             head: Some(HeadClock {
                 after: 0,
-                began: Instant::now(),
+                began: now,
                 registered: false,
             }),
+            idle_timeout: cfg.idle_timeout,
+            idle_deadline: Box::pin(tokio::time::sleep_until(now + cfg.idle_timeout)),
             write_timeout: cfg.write_timeout,
             write_deadline: Box::pin(tokio::time::sleep(cfg.write_timeout)),
             write_armed: false,
             drain: Arc::clone(drain),
             drain_notified: Box::pin(Arc::clone(&drain.notify).notified_owned()),
         }
+    }
+
+    /// Called when a read found nothing: whether the connection has been idle (no request in
+    /// progress, no head begun) for `idle_timeout`. Otherwise the timer is left registered to
+    /// wake this task when it could have been; a request or head in progress (`active`)
+    /// pushes that a whole `idle_timeout` on.
+    fn idle_expired(&mut self, cx: &mut Context<'_>, active: bool) -> bool {
+        while self.idle_deadline.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            let due = if active {
+                now + self.idle_timeout
+            } else {
+                self.activity.idle_since() + self.idle_timeout
+            };
+            if due <= now {
+                return true;
+            }
+            self.idle_deadline.as_mut().reset(due);
+        }
+        false
     }
 
     /// Called when a write could not progress: fails once it has been stuck too long.
@@ -282,6 +336,9 @@ impl AsyncRead for Guarded {
             if !busy && this.drain_notified.as_mut().poll(cx).is_ready() {
                 // About to wait for a request: the drain's wake-up must reach this task.
                 return Poll::Ready(Ok(()));
+            }
+            if this.idle_expired(cx, busy || this.head.is_some()) {
+                return Poll::Ready(Ok(())); // end of stream: idle too long
             }
             if let Some(h) = this.head.as_mut().filter(|h| !h.registered) {
                 // Waiting for the rest of a head: now the clock must be able to wake us.

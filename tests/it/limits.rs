@@ -1,4 +1,4 @@
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -119,30 +119,38 @@ async fn silent_connection_is_dropped() {
     assert!(closed_within(&mut s, Duration::from_secs(5)).await);
 }
 
-/// An idle keep-alive connection is closed after IDLE_TIMEOUT, not at the shorter
-/// HEADER_TIMEOUT.
+/// An idle keep-alive connection is closed after IDLE_TIMEOUT counted from its last request,
+/// not at the shorter HEADER_TIMEOUT, nor IDLE_TIMEOUT after it opened.
 #[tokio::test]
 async fn idle_keep_alive_is_closed_after_idle_timeout() {
     let srv = start_server_with(&[("HEADER_TIMEOUT", "200ms"), ("IDLE_TIMEOUT", "1500ms")]).await;
     let mut s = TcpStream::connect(srv.addr).await.unwrap();
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(read_response(&mut s).await.unwrap().status, 200);
-    // Well past the header timeout the connection is still usable...
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(
-        read_response(&mut s)
+    let opened = Instant::now();
+    // Requests 1 s apart: well past the header timeout, and, from the third on, past
+    // IDLE_TIMEOUT since the connection opened, but never idle for that long.
+    for i in 0..3 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+        }
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
             .await
-            .expect("still open after 600 ms idle")
-            .status,
-        200
-    );
-    // ...and closed once idle for IDLE_TIMEOUT.
+            .unwrap();
+        let resp = read_response(&mut s).await;
+        assert_eq!(
+            resp.unwrap_or_else(|| panic!("closed before request {i}, idle for 1 s"))
+                .status,
+            200
+        );
+    }
+    assert!(opened.elapsed() > Duration::from_millis(1500));
+    // ...and closed once idle for IDLE_TIMEOUT, not before.
+    let idle = Instant::now();
     assert!(closed_within(&mut s, Duration::from_secs(10)).await);
+    assert!(
+        idle.elapsed() >= Duration::from_millis(1000),
+        "closed after {:?} idle, before IDLE_TIMEOUT",
+        idle.elapsed()
+    );
 }
 
 /// Past MAX_CONNECTIONS, a new client waits until a slot frees, then is served.
