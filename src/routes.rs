@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use hyper::body::Incoming;
 use hyper::header::{HOST, HeaderName, HeaderValue, USER_AGENT};
+use hyper::http::request::Parts;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use log::Level;
 use serde_json::{Value, json};
@@ -78,19 +79,17 @@ fn hostname() -> String {
 /// Answers one request: routes it, stamps the request id, writes the access record.
 pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let start = Instant::now();
-    let request_id = match req.headers().get(&X_REQUEST_ID) {
+    // The head stays here, for the access record; only the body goes to the handler.
+    let (head, body) = req.into_parts();
+    let request_id = match head.headers.get(&X_REQUEST_ID) {
         Some(v) if valid_request_id(v.as_bytes()) => v.clone(),
         _ => HeaderValue::from_bytes(app.ids.next().as_bytes()).expect("generated ids are hex"),
     };
-    let method = req.method().clone();
-    // Cloning a Uri shares its bytes; the path is needed after the request is consumed.
-    let uri = req.uri().clone();
-    let user_agent = req.headers().get(USER_AGENT).cloned();
-    let client = client_ip(&app.cfg, peer.ip(), req.headers());
+    let client = client_ip(&app.cfg, peer.ip(), &head.headers);
 
-    let result = match check_head(&req, app.cfg.max_header_bytes) {
+    let result = match check_head(&head, app.cfg.max_header_bytes) {
         Err(e) => Err(e),
-        Ok(()) => route(app, req, &request_id, client).await,
+        Ok(()) => route(app, &head, body, &request_id, client).await,
     };
     let mut resp = result.unwrap_or_else(ApiError::into_response);
     resp.headers_mut()
@@ -98,13 +97,14 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp
     app.requests.fetch_add(1, Ordering::Relaxed);
 
     // A probe every few seconds from `--healthcheck` must not flood the file: debug level.
-    let probe = peer.ip().is_loopback()
-        && user_agent
-            .as_ref()
-            .is_some_and(|ua| ua.as_bytes().starts_with(health::PROBE_AGENT));
+    let user_agent = head
+        .headers
+        .get(USER_AGENT)
+        .map_or(&b""[..], |v| v.as_bytes());
+    let probe = peer.ip().is_loopback() && user_agent.starts_with(health::PROBE_AGENT);
     let level = if probe { Level::Debug } else { Level::Info };
     if app.sink.enabled(level) {
-        let bytes = if method == Method::HEAD {
+        let bytes = if head.method == Method::HEAD {
             0
         } else {
             body_len(&resp)
@@ -112,14 +112,14 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp
         app.sink.access(
             level,
             &Access {
-                method: method.as_str(),
-                path: uri.path(),
+                method: head.method.as_str(),
+                path: head.uri.path(),
                 status: resp.status().as_u16(),
                 bytes,
                 duration_us: start.elapsed().as_micros() as u64,
                 request_id: request_id.as_bytes(),
                 client,
-                user_agent: user_agent.as_ref().map_or(b"", |v| v.as_bytes()),
+                user_agent,
             },
         );
     }
@@ -135,14 +135,15 @@ fn body_len(resp: &Response<Body>) -> u64 {
 /// The router. HEAD is served wherever GET is; hyper drops the body of HEAD answers.
 async fn route(
     app: &App,
-    req: Request<Incoming>,
+    head: &Parts,
+    body: Incoming,
     request_id: &HeaderValue,
     client: IpAddr,
 ) -> Result<Response<Body>, ApiError> {
-    match (req.method(), req.uri().path()) {
+    match (&head.method, head.uri.path()) {
         (&Method::GET | &Method::HEAD, "/") => Ok(info(app)),
         (&Method::GET | &Method::HEAD, "/health") => Ok(health::respond(&app.sink)),
-        (&Method::POST, "/events") => create_event(app, req, request_id, client).await,
+        (&Method::POST, "/events") => create_event(app, head, body, request_id, client).await,
         (_, "/" | "/health") => Err(ApiError::MethodNotAllowed("GET, HEAD")),
         (_, "/events") => Err(ApiError::MethodNotAllowed("POST")),
         _ => Err(ApiError::NotFound),
@@ -174,16 +175,16 @@ fn info(app: &App) -> Response<Body> {
 /// record is in the file.
 async fn create_event(
     app: &App,
-    req: Request<Incoming>,
+    head: &Parts,
+    incoming: Incoming,
     request_id: &HeaderValue,
     client: IpAddr,
 ) -> Result<Response<Body>, ApiError> {
-    if !body::is_json(req.headers()) {
+    if !body::is_json(&head.headers) {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let (parts, incoming) = req.into_parts();
     let bytes = body::read_limited(
-        &parts.headers,
+        &head.headers,
         incoming,
         app.cfg.max_body_bytes,
         app.cfg.body_timeout,
@@ -262,15 +263,15 @@ fn event_shape(value: Value) -> Result<(String, Option<Value>), ApiError> {
 /// that do not fit its buffer at all, or carry over 100 fields, with a bare 431), and
 /// HTTP/1.1 requests without exactly one `Host` with a 400, as RFC 9112 section 3.2 requires:
 /// two differing hosts would let a proxy and this service disagree on the target.
-fn check_head(req: &Request<Incoming>, max_bytes: usize) -> Result<(), ApiError> {
-    let headers = req.headers();
-    if req.version() == Version::HTTP_11 && headers.get_all(HOST).iter().count() != 1 {
+fn check_head(head: &Parts, max_bytes: usize) -> Result<(), ApiError> {
+    let headers = &head.headers;
+    if head.version == Version::HTTP_11 && headers.get_all(HOST).iter().count() != 1 {
         return Err(ApiError::BadRequest(
             "an HTTP/1.1 request needs exactly one Host header".into(),
         ));
     }
     // The target's length without formatting it (this runs for every request).
-    let uri = req.uri();
+    let uri = &head.uri;
     let target = uri.path_and_query().map_or(1, |pq| pq.as_str().len())
         + uri.authority().map_or(0, |a| a.as_str().len())
         + uri.scheme_str().map_or(0, |s| s.len() + 3);
