@@ -74,6 +74,31 @@ impl std::fmt::Debug for Id {
     }
 }
 
+/// A request id as records carry it: a client's `X-Request-Id` that passed [`RequestId::given`],
+/// or a generated [`Id`]. Either way it is 1-128 characters of `A-Z a-z 0-9 - _ . : / + = @`,
+/// none of which JSON escapes: the type is the proof, so the access record of every request
+/// copies the id without looking at it again.
+#[derive(Clone, Copy)]
+pub struct RequestId<'a>(&'a [u8]);
+
+impl<'a> RequestId<'a> {
+    /// A client-supplied id, if it is 1-128 characters of `A-Z a-z 0-9 - _ . : / + = @`.
+    pub fn given(v: &'a [u8]) -> Option<RequestId<'a>> {
+        let safe = |b: &u8| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(b);
+        ((1..=128).contains(&v.len()) && v.iter().all(safe)).then_some(RequestId(v))
+    }
+
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.0
+    }
+}
+
+impl<'a> From<&'a Id> for RequestId<'a> {
+    fn from(id: &'a Id) -> RequestId<'a> {
+        RequestId(&id.0)
+    }
+}
+
 impl Default for IdGen {
     fn default() -> IdGen {
         IdGen::new()
@@ -103,6 +128,25 @@ fn random_u64() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Client ids are bounded, and nothing accepted needs escaping in JSON or breaks a line.
+    #[test]
+    fn given_request_ids_are_bounded_and_safe() {
+        let ok = |v: &[u8]| RequestId::given(v).is_some();
+        assert!(ok(b"abc-123_x.y:z/+=@"));
+        assert!(ok(&[b'a'; 128]));
+        assert!(!ok(b""));
+        assert!(!ok(&[b'a'; 129]));
+        assert!(!ok(b"a b"));
+        for b in 0..=255u8 {
+            if ok(&[b]) {
+                assert!(
+                    (0x21..=0x7e).contains(&b) && b != b'"' && b != b'\\',
+                    "byte {b:#x}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn ids_are_unique_and_hex() {

@@ -1,7 +1,7 @@
 //! The accept loop: one tokio task per connection, served by hyper's HTTP/1.1 connection
 //! driver, at most `max_connections` at once, and a graceful drain on shutdown.
 //!
-//! Timeouts, all kept by the connection's IO wrapper ([`Guarded`]): a connection must deliver
+//! Timeouts, all kept by the connection's IO wrapper (`Guarded`): a connection must deliver
 //! each request head within `header_timeout` of its first byte (and a new connection its first
 //! head within `header_timeout` of connecting), which is what drops slowloris clients; a
 //! keep-alive connection with no request for `idle_timeout` is closed. The split keeps the
@@ -84,8 +84,8 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
             let activity = Arc::clone(&activity);
             activity.started.fetch_add(1, Ordering::AcqRel);
             async move {
-                let resp = routes::handle(&app, req, peer).await;
-                activity.finish();
+                let (resp, end) = routes::handle(&app, req, peer).await;
+                activity.finish(end.into());
                 Ok::<_, std::convert::Infallible>(resp)
             }
         });
@@ -170,8 +170,9 @@ impl Activity {
         }
     }
 
-    fn finish(&self) {
-        let ms = self.opened.elapsed().as_millis() as u64;
+    /// Counts a request as finished at `end`.
+    fn finish(&self, end: Instant) {
+        let ms = end.saturating_duration_since(self.opened).as_millis() as u64;
         self.last_end_ms.store(ms, Ordering::Release);
         self.finished.fetch_add(1, Ordering::AcqRel);
     }
