@@ -1,7 +1,8 @@
 //! Identifiers for requests and events: 32 hex digits, time-ordered and unique without
 //! coordination. The layout is 48 bits of Unix milliseconds, 48 random bits drawn once per
 //! process, and a 32-bit per-process sequence: restarts differ in time and randomness, and
-//! replicas writing one log file differ in randomness.
+//! replicas writing one log file differ in randomness. [`RequestId`] is the id a request's
+//! records carry: the client's `X-Request-Id` if it is safe, else a generated one.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};

@@ -86,6 +86,8 @@ pub async fn handle(
     let start = Instant::now();
     // The head stays here, for the access record; only the body goes to the handler.
     let (head, body) = req.into_parts();
+    // The client's id if it passes the check, else a new one: as a header value for the
+    // answer, and as a RequestId (the proof it needs no escaping) for the record.
     let generated: Id;
     let given = head
         .headers
