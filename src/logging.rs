@@ -40,7 +40,7 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 /// Larger writes are cheaper per byte (at 50,000 requests/s the writer thread took 2.4% of
 /// the process's CPU with 32 KiB, 1.05% with 256 KiB; perf), but a kill -9 can stop a
 /// large write part-way, at a page boundary, leaving a torn line: with 256 KiB the fault
-/// suite's kill -9 test (8 kills a run) found one in 2 of 13 runs, with 32 KiB none in 60 kills.
+/// suite's kill -9 test (8 kills a run) found one in 2 of 14 runs, with 32 KiB none in 60 kills.
 const FLUSH_BYTES: usize = 32 * 1024;
 
 /// Appends JSON lines to the log file; cheap to clone, shared by every connection.
