@@ -272,7 +272,7 @@ fn access_record(
         Level::Debug | Level::Trace => b"\",\"level\":\"debug\",\"msg\":\"access\",\"method\":",
         _ => b"\",\"level\":\"info\",\"msg\":\"access\",\"method\":",
     });
-    push_token(&mut rec, a.method.as_bytes());
+    json_bytes(&mut rec, a.method.as_bytes());
     rec.put(b",\"path\":");
     json_str(&mut rec, a.path);
     rec.put(b",\"status\":");
@@ -789,7 +789,9 @@ impl<'a> Line<'a> {
     /// Adds a number field.
     pub fn u64(&mut self, key: &str, value: u64) -> &mut Self {
         self.key(key);
-        push_u64(self.buf, value);
+        let mut rec = Rec::new(self.buf);
+        rec.u64(value);
+        rec.finish();
         self
     }
 
@@ -894,19 +896,6 @@ fn json_bytes(buf: &mut impl Out, value: &[u8]) {
     }
 }
 
-/// Writes a token (RFC 9110 `tchar`s: letters, digits and ``!#$%&'*+-.^_`|~``), which needs
-/// no JSON escaping, as a JSON string. Anything else falls back to the escaper, so a caller's
-/// mistake cannot break the line.
-fn push_token(buf: &mut impl Out, token: &[u8]) {
-    if token.iter().all(|&b| CLASS[usize::from(b)] == TOKEN) {
-        buf.put(b"\"");
-        buf.put(token);
-        buf.put(b"\"");
-    } else {
-        json_bytes(buf, token);
-    }
-}
-
 /// Writes an IP address as a JSON string (its text never needs escaping).
 fn push_ip(buf: &mut Vec<u8>, ip: IpAddr) {
     let mut rec = Rec::new(buf);
@@ -926,43 +915,27 @@ fn level_name(level: Level) -> &'static str {
     }
 }
 
-/// RFC 3339 in UTC with milliseconds: `2026-11-26T05:20:15.123Z`. Digits are pushed by hand:
-/// this runs once per access record, and `write!` costs several times more.
+/// RFC 3339 in UTC with milliseconds: `2026-11-26T05:20:15.123Z`. Digits by hand (through
+/// [`Rec`]): this runs for every event record and answer, and `write!` costs several times more.
 pub fn write_timestamp(buf: &mut Vec<u8>, t: OffsetDateTime) {
     let (h, mi, s, ms) = t.to_hms_milli();
     let year = u32::try_from(t.year()).unwrap_or(0).min(9999);
-    push_digits(buf, u64::from(year), 4);
-    buf.push(b'-');
-    push_digits(buf, u64::from(u8::from(t.month())), 2);
-    buf.push(b'-');
-    push_digits(buf, u64::from(t.day()), 2);
-    buf.push(b'T');
-    push_digits(buf, u64::from(h), 2);
-    buf.push(b':');
-    push_digits(buf, u64::from(mi), 2);
-    buf.push(b':');
-    push_digits(buf, u64::from(s), 2);
-    buf.push(b'.');
-    push_digits(buf, u64::from(ms), 3);
-    buf.push(b'Z');
-}
-
-fn push_u64(buf: &mut Vec<u8>, n: u64) {
-    push_digits(buf, n, n.checked_ilog10().unwrap_or(0) + 1);
-}
-
-/// Writes the last `width` decimal digits of `n`, zero-padded. Digits are pushed one by one:
-/// a memcpy call for one to three digits costs more than the digits.
-fn push_digits(buf: &mut Vec<u8>, mut n: u64, width: u32) {
-    let mut digits = [b'0'; 20];
-    let first = digits.len() - width as usize;
-    for d in digits[first..].iter_mut().rev() {
-        *d = b'0' + (n % 10) as u8;
-        n /= 10;
-    }
-    for &d in &digits[first..] {
-        buf.push(d);
-    }
+    let mut rec = Rec::new(buf);
+    rec.digits(u64::from(year), 4);
+    rec.put(b"-");
+    rec.digits(u64::from(u8::from(t.month())), 2);
+    rec.put(b"-");
+    rec.digits(u64::from(t.day()), 2);
+    rec.put(b"T");
+    rec.digits(u64::from(h), 2);
+    rec.put(b":");
+    rec.digits(u64::from(mi), 2);
+    rec.put(b":");
+    rec.digits(u64::from(s), 2);
+    rec.put(b".");
+    rec.digits(u64::from(ms), 3);
+    rec.put(b"Z");
+    rec.finish();
 }
 
 /// A timestamp as a string (for JSON answers such as `received_at`).
