@@ -56,7 +56,7 @@ const HEX_PAIRS: [[u8; 2]; 256] = {
 };
 
 /// One id: 32 lowercase hex digits, kept inline (no allocation).
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(PartialEq, Eq, Hash)]
 pub struct Id([u8; 32]);
 
 impl Id {
@@ -66,12 +66,6 @@ impl Id {
 
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.0).expect("an id is hex digits")
-    }
-}
-
-impl std::fmt::Debug for Id {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

@@ -237,7 +237,7 @@ struct Guarded {
 
 impl Guarded {
     fn new(io: TcpStream, activity: Arc<Activity>, drain: &Arc<Drain>, cfg: &Config) -> Guarded {
-        let now = Instant::now();
+        let opened = activity.opened;
         Guarded {
             io,
             activity,
@@ -245,11 +245,11 @@ impl Guarded {
             head_deadline: Box::pin(tokio::time::sleep(cfg.header_timeout)),
             head: Some(HeadClock {
                 after: 0,
-                began: now,
+                began: opened,
                 registered: false,
             }),
             idle_timeout: cfg.idle_timeout,
-            idle_deadline: Box::pin(tokio::time::sleep_until(now + cfg.idle_timeout)),
+            idle_deadline: Box::pin(tokio::time::sleep_until(opened + cfg.idle_timeout)),
             write_timeout: cfg.write_timeout,
             write_deadline: Box::pin(tokio::time::sleep(cfg.write_timeout)),
             write_armed: false,
