@@ -204,6 +204,25 @@ def probe_status(port, timeout=1.0):
 # ------------------------------------------------------------------ servers
 
 
+def read_response(sock, buf=b""):
+    """Reads one HTTP/1.1 answer (Content-Length framing) from `sock`, after
+    what is already in `buf`; returns (head, bytes left over after it)."""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ServerFailed("connection closed by the server")
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    m = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+    need = int(m.group(1)) if m else 0
+    while len(rest) < need:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ServerFailed("connection closed mid-body")
+        rest += chunk
+    return head, rest[need:]
+
+
 class ServerFailed(Exception):
     pass
 
@@ -554,21 +573,7 @@ def idle_conns(variant, args, steps, extra_env=None):
                 s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
                 socks.append(s)
                 s.sendall(req)
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = s.recv(4096)
-                    if not chunk:
-                        raise ServerFailed(
-                            f"connection {len(socks)} closed by the server")
-                    data += chunk
-                head, _, body = data.partition(b"\r\n\r\n")
-                m = re.search(rb"(?i)content-length:\s*(\d+)", head)
-                need = int(m.group(1)) if m else 0
-                while len(body) < need:
-                    chunk = s.recv(4096)
-                    if not chunk:
-                        break
-                    body += chunk
+                head, _ = read_response(s)
                 if not head.startswith(b"HTTP/1.1 200"):
                     raise ServerFailed(f"connection {len(socks)}: "
                                        f"{head[:40]!r}")
@@ -717,21 +722,7 @@ def http_burst(port, workload, total, conns, timeout=300):
                 s.sendall(req)
             sent += len(batch)
             for i, s in enumerate(batch):
-                buf = bufs[i]
-                while b"\r\n\r\n" not in buf:
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        raise ServerFailed("connection closed by the server")
-                    buf += chunk
-                head, _, rest = buf.partition(b"\r\n\r\n")
-                m = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
-                need = int(m.group(1)) if m else 0
-                while len(rest) < need:
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        raise ServerFailed("connection closed mid-body")
-                    rest += chunk
-                bufs[i] = rest[need:]
+                head, bufs[i] = read_response(s, bufs[i])
                 st = int(head[9:12])
                 counts[st] = counts.get(st, 0) + 1
     finally:
