@@ -1,0 +1,84 @@
+"""Building the binaries to measure, and describing the machine and tools for
+the report's header."""
+
+import datetime
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+
+from procs import popen
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MUSL_TARGET = "x86_64-unknown-linux-musl"
+
+def sh(argv):
+    try:
+        return subprocess.run(argv, capture_output=True, text=True,
+                              timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def build(args):
+    """cargo build --release (glibc) and, if wanted, the musl build.
+
+    With --rev, the named commit is exported with `git archive` into
+    TARGET_DIR/bench/src and built there, so that a committed state is
+    measured whatever is uncommitted in the work tree."""
+    env = dict(os.environ, CARGO_TARGET_DIR=args.target_dir)
+    src = REPO
+    if args.rev:
+        src = os.path.join(args.target_dir, "bench", "src")
+        shutil.rmtree(src, ignore_errors=True)
+        os.makedirs(src)
+        archive = subprocess.run(["git", "-C", REPO, "archive", args.rev],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", src], input=archive, check=True)
+    cmds = [["cargo", "build", "--release", "--locked"]]
+    if args.musl:
+        cmds.append(cmds[0] + ["--target", MUSL_TARGET])
+    for cmd in cmds:
+        print(f"+ (cd {src} && {' '.join(cmd)})", flush=True)
+        p = popen(cmd, cwd=src, env=env)
+        if p.wait() != 0:
+            raise SystemExit(f"build failed: {' '.join(cmd)}")
+
+
+def describe(args, variants, load0):
+    """What the report's header says about the run, the machine and the tools."""
+    return {
+        "command": args.command or " ".join(map(shlex.quote, sys.argv)),
+        "started": datetime.datetime.now().astimezone().isoformat(
+            timespec="seconds"),
+        "commit": (sh(["git", "-C", REPO, "rev-parse", "--short", args.rev])
+                   if args.rev and not args.no_build else
+                   sh(["git", "-C", REPO, "describe", "--always", "--dirty"])
+                   + ("" if not args.no_build else " (prebuilt binaries)")),
+        "cpu": cpu_model(),
+        "ncpu": os.cpu_count(),
+        "kernel": platform.release(),
+        "load_start": " ".join(f"{x:.2f}" for x in load0),
+        "rustc": sh(["rustc", "-V"]),
+        "nginx": (sh([args.nginx, "-v"]) or subprocess.run(
+            [args.nginx, "-v"], capture_output=True, text=True).stderr.strip()),
+        "wrk": sh(["wrk", "-v"]).splitlines()[0] if sh(["wrk", "-v"]) else
+        "wrk",
+        "variants": [v["name"] for v in variants],
+        "binaries": ", ".join(sorted({
+            f"{v['binary']} ({os.path.getsize(v['binary']) / 1e6:.1f} MB)"
+            for v in variants if v["kind"] == "api"})) or "–",
+    }
