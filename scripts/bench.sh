@@ -11,12 +11,15 @@
 #   scripts/bench.sh --rev HEAD   build and measure a commit, not the work tree
 #   scripts/bench.sh --help       all options
 #
-# The measuring is done by scripts/bench/bench.py (Python standard library);
+# The measuring is done by scripts/bench/bench.py and its modules next to it
+# (Python standard library);
 # this wrapper installs what is missing (wrk, nginx, perf for --profile),
 # raises the open-file limit for the idle-connection run, and makes sure that
 # every process started on the way is gone when it exits, however it exits.
 # Traffic goes to 127.0.0.1 only, and every load loop is bounded in time.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -50,7 +53,7 @@ ulimit -n "$hard"
 # stays in that group, so the trap can stop everything in one go even if
 # bench.py itself was killed before its own clean-up ran.
 pgid=""
-# shellcheck disable=SC2329  # called from the traps below
+# shellcheck disable=SC2317,SC2329  # called from the EXIT trap
 cleanup() {
   trap - EXIT INT TERM HUP
   if [[ -n "$pgid" ]] && kill -0 -- "-$pgid" 2>/dev/null; then
@@ -62,8 +65,7 @@ cleanup() {
     kill -KILL -- "-$pgid" 2>/dev/null || true
   fi
 }
-trap cleanup EXIT
-trap 'cleanup; exit 130' INT TERM HUP
+on_exit cleanup
 
 cmdline="scripts/bench.sh"
 [[ -n "${CARGO_TARGET_DIR:-}" ]] && cmdline="CARGO_TARGET_DIR=$CARGO_TARGET_DIR $cmdline"

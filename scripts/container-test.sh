@@ -22,6 +22,8 @@
 #   CT_BUILDKIT [1]                          also build with BuildKit (0 to skip)
 #   CT_MAX_IMAGE_BYTES [1048576]             image size budget
 set -uo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 BUILDER_IMAGE=${BUILDER_IMAGE:-rust:1.95-slim-bookworm}
@@ -43,17 +45,9 @@ WORK=$(mktemp -d /tmp/api-ctest.XXXXXX)
 chmod 755 "$WORK"
 DIR=$WORK/root/api            # the stack run as root, from a copy of the working tree
 UDIR=$WORK/user/api           # the normal user's clone
-passed=0 failed=0 skipped=0
 mounted='' created_user='' images=()
 is_root() { [ "$(id -u)" = 0 ]; }
 
-pass() { passed=$((passed + 1)); echo "PASS $*"; }
-fail() { failed=$((failed + 1)); echo "FAIL $*"; }
-skip() {
-  if [ "${CI:-}" = true ]; then fail "$* (skipped, and CI=true)"; else skipped=$((skipped + 1)); echo "SKIP $*"; fi
-}
-check() { local what=$1; shift; if "$@"; then pass "$what"; else fail "$what"; fi; }
-note() { echo "---- $*"; }
 figure() { echo "FIGURE $*"; figures+=("$*"); }
 figures=()
 
@@ -62,12 +56,11 @@ summary() {
   for f in "${figures[@]}"; do echo "  $f"; done
   echo "$passed passed, $failed failed, $skipped skipped"
 }
-die() { fail "$*"; exit 1; }   # a check the rest depends on; the EXIT trap cleans up
 
 cleanup() {
   local rc=$?
   set +e
-  trap - EXIT INT TERM
+  trap - EXIT INT TERM HUP
   note "cleanup"
   for p in "$PROJECT" "$UPROJECT"; do
     for c in $("$DOCKER" ps -aq --filter "label=com.docker.compose.project=$p"); do
@@ -87,8 +80,7 @@ cleanup() {
   [ "$failed" -gt 0 ] && exit 1
   exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+on_exit cleanup
 
 # ---- helpers -------------------------------------------------------------------------------
 
@@ -100,19 +92,6 @@ dc() {
 cid_of() { # container id of a service of project $1
   "$DOCKER" ps -aq --filter "label=com.docker.compose.project=$1" \
     --filter "label=com.docker.compose.service=$2" | head -n 1
-}
-health_of() { "$DOCKER" inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$1" 2>/dev/null; }
-
-# wait_health CID WANT SECS: polls every 0.5 s, at most SECS*2 times and for at most SECS
-wait_health() {
-  local i end=$((SECONDS + $3))
-  for ((i = 0; i < $3 * 2 && SECONDS <= end; i++)); do
-    [ "$(health_of "$1")" = "$2" ] && return 0
-    sleep 0.5
-  done
-  echo "  health of ${1:0:12} is '$(health_of "$1")', wanted '$2' within $3s" >&2
-  "$DOCKER" inspect -f '{{range .State.Health.Log}}  probe: {{.ExitCode}} {{.Output}}{{end}}' "$1" >&2
-  return 1
 }
 now() { date +%s.%N; }
 secs() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$1" "$2"; }

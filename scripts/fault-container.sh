@@ -18,12 +18,13 @@
 # BUILDER_IMAGE=... where no registry is reachable). Needs root (kill -9 of the container's
 # process, writing into its tmpfs through /proc), a Docker engine, curl and python3.
 set -uo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 IMAGE=${1:-api:fault}
 DOCKER=${DOCKER:-docker}
 NAME=apifault$$
 WORK=$(mktemp -d /tmp/apifault.XXXXXX)
-passed=0 failed=0
 containers=()
 
 cleanup() {
@@ -32,33 +33,17 @@ cleanup() {
   "$DOCKER" network rm "$NAME" >/dev/null 2>&1
   rm -rf "$WORK"
 }
-trap cleanup EXIT
-trap 'cleanup; exit 130' INT TERM HUP
+on_exit cleanup
 
-pass() { passed=$((passed + 1)); echo "PASS $*"; }
-fail() { failed=$((failed + 1)); echo "FAIL $*"; }
-check() { local what=$1; shift; if "$@"; then pass "$what"; else fail "$what"; fi; }
-die() { echo "fault-container: $*" >&2; exit 2; }
-
-[ "$(id -u)" = 0 ] || die "run as root (kill -9 of PID 1 in the container, /proc/<pid>/root)"
-command -v curl >/dev/null && command -v python3 >/dev/null || die "needs curl and python3"
-"$DOCKER" image inspect "$IMAGE" >/dev/null 2>&1 || die "no image $IMAGE: build it first"
-"$DOCKER" network create "$NAME" >/dev/null || die "cannot create network $NAME"
+[ "$(id -u)" = 0 ] || cannot_run "run as root (kill -9 of PID 1 in the container, /proc/<pid>/root)"
+command -v curl >/dev/null || cannot_run "needs curl and python3"
+command -v python3 >/dev/null || cannot_run "needs curl and python3"
+"$DOCKER" image inspect "$IMAGE" >/dev/null 2>&1 || cannot_run "no image $IMAGE: build it first"
+"$DOCKER" network create "$NAME" >/dev/null || cannot_run "cannot create network $NAME"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 state() { "$DOCKER" inspect -f "$1" "$2" 2>/dev/null; }
 host_pid() { state '{{.State.Pid}}' "$1"; }
-
-# Waits up to $3 seconds for the container's health to be $2.
-wait_health() {
-  local c=$1 want=$2 limit=$3 i
-  for ((i = 0; i < limit * 2; i++)); do
-    [ "$(state '{{.State.Health.Status}}' "$c")" = "$want" ] && return 0
-    sleep 0.5
-  done
-  echo "  $c: health $(state '{{.State.Health.Status}}' "$c") after ${limit}s, wanted $want" >&2
-  return 1
-}
 
 # The load: CONCURRENCY threads post events on kept-alive connections for DURATION seconds
 # (reconnecting across restarts), writing each acknowledged event id to OUT, one per line.

@@ -19,6 +19,8 @@
 # 1 otherwise; 2 for a setup error. The samples are also written as CSV to target/soak/.
 # Needs python3 (standard library only) and, without API_BIN, cargo.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -27,8 +29,8 @@ if [[ -z "${API_BIN:-}" ]]; then
   cargo build --release --quiet
   API_BIN="${CARGO_TARGET_DIR:-$repo/target}/release/api"
 fi
-[[ -x "$API_BIN" ]] || { echo "soak: no executable at $API_BIN" >&2; exit 2; }
-command -v python3 >/dev/null || { echo "soak: python3 is needed" >&2; exit 2; }
+[[ -x "$API_BIN" ]] || cannot_run "no executable at $API_BIN"
+command -v python3 >/dev/null || cannot_run "python3 is needed"
 out_dir="${CARGO_TARGET_DIR:-$repo/target}/soak"
 mkdir -p "$out_dir"
 

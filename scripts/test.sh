@@ -7,9 +7,9 @@
 # Usage: scripts/test.sh
 # Environment: BUILDER_IMAGE and CURL_IMAGE are passed on to scripts/container-test.sh.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$(dirname "$0")/.."
-
-step() { printf '\n==> %s\n' "$*"; }
 
 step "cargo fmt --check"
 cargo fmt --check

@@ -1,0 +1,50 @@
+# Shell helpers shared by the scripts in this directory; source it, do not run it:
+#   . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# It sets no shell options: each script keeps its own (`set -euo pipefail` or `set -uo
+# pipefail` for the check scripts, which must go on after a failed check).
+# shellcheck shell=bash
+
+# ---- reporting checks ----------------------------------------------------------------------
+# One line per check, "PASS ...", "FAIL ..." or "SKIP ...", counted for the summary.
+passed=0 failed=0 skipped=0
+pass() { passed=$((passed + 1)); echo "PASS $*"; }
+fail() { failed=$((failed + 1)); echo "FAIL $*"; }
+# A check that could not run: under CI=true that is a failure, since CI must run them all.
+skip() {
+  if [ "${CI:-}" = true ]; then fail "$* (skipped, and CI=true)"; else skipped=$((skipped + 1)); echo "SKIP $*"; fi
+}
+# check WHAT CMD...: PASS if CMD succeeds, FAIL otherwise.
+check() { local what=$1; shift; if "$@"; then pass "$what"; else fail "$what"; fi; }
+# A failed check the rest depends on: count it and stop (the EXIT trap cleans up).
+die() { fail "$*"; exit 1; }
+# The script cannot run at all (wrong user, a missing tool): exit 2 with the reason.
+cannot_run() { echo "$(basename "$0" .sh): $*" >&2; exit 2; }
+
+note() { echo "---- $*"; }                # a group of checks
+step() { printf '\n==> %s\n' "$*"; }      # a stage of a longer command
+
+# ---- clean-up ------------------------------------------------------------------------------
+# on_exit FUNC: run FUNC when the script exits, however it exits; a signal exits with 130,
+# which runs FUNC through the EXIT trap. FUNC should start with `trap - EXIT INT TERM HUP`.
+on_exit() {
+  # shellcheck disable=SC2064  # expand $1 now
+  trap "$1" EXIT
+  trap 'exit 130' INT TERM HUP
+}
+
+# ---- containers ----------------------------------------------------------------------------
+# health_of CONTAINER: its health status, or nothing if it has no healthcheck (or is gone).
+health_of() { "${DOCKER:-docker}" inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$1" 2>/dev/null; }
+
+# wait_health CONTAINER WANT SECS: polls every 0.5 s, at most SECS*2 times and for at most
+# SECS; on failure says what it saw, with the last probes, on stderr.
+wait_health() {
+  local i end=$((SECONDS + $3))
+  for ((i = 0; i < $3 * 2 && SECONDS <= end; i++)); do
+    [ "$(health_of "$1")" = "$2" ] && return 0
+    sleep 0.5
+  done
+  echo "  health of ${1:0:12} is '$(health_of "$1")', wanted '$2' within $3s" >&2
+  "${DOCKER:-docker}" inspect -f '{{range .State.Health.Log}}  probe: {{.ExitCode}} {{.Output}}{{end}}' "$1" >&2
+  return 1
+}
