@@ -4,22 +4,34 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: settings from environment variables and flags, and their validation.
-//! - [`logging`]: the log file sink (buffered access records, durable event records) and the
-//!   fern logger for diagnostics.
-//! - [`server`]: the accept loop, connection limits, timeouts and the graceful drain.
-//! - [`routes`]: the router, the handlers and the per-request envelope (ids, access records).
-//! - [`body`], [`error`]: response bodies, the bounded body reader, and HTTP errors as JSON.
-//! - [`health`]: the `/health` handler and the `--healthcheck` probe.
+//! A request flows down this list, and no module uses one above it (`main.rs` uses them all).
+//!
+//! - [`server`]: the accept loop, the connection cap and the graceful drain; `server::conn`
+//!   wraps each socket with the header, idle and write timeouts.
 //! - [`shutdown`]: SIGTERM/SIGINT into a shutdown request, SIGHUP into a log reopen.
+//! - [`routes`]: the router and the per-request envelope (request id, head checks, client
+//!   address, access record).
+//! - [`events`]: `POST /events`, the bounded body reader and the event record.
+//! - [`health`]: `/health`, and the `--healthcheck` probe.
+//! - [`app`]: the state connections share (configuration, sink, ids, counters).
+//! - [`error`], [`body`]: HTTP errors as JSON answers, and the response body type.
+//! - [`logging`]: the log file's sink (buffered access records, durable event records, the
+//!   writer thread) and the fern logger for diagnostics.
+//! - [`json`]: the one JSON writer (escaping, numbers, timestamps, log lines).
 //! - [`ids`]: request and event identifiers.
+//! - [`config`]: settings from environment variables and flags, and their validation.
+//! - [`prepare`]: `--prepare-logs`, run as root before the service starts.
 
+pub mod app;
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod health;
 pub mod ids;
+pub mod json;
 pub mod logging;
+pub mod prepare;
 pub mod routes;
 pub mod server;
 pub mod shutdown;

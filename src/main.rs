@@ -10,9 +10,9 @@ use std::sync::Arc;
 use api::config::{self, Command, Config};
 use api::logging::{self, Sink};
 use api::routes::App;
-use api::{health, server, shutdown};
+use api::{health, prepare, server, shutdown};
 
-/// The static (musl) build's allocator; see Cargo.toml for the measurement behind it.
+/// The static (musl) build's allocator: musl's own is slow per request (docs/performance.md).
 #[cfg(target_env = "musl")]
 #[global_allocator]
 static ALLOC: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
@@ -36,7 +36,7 @@ fn main() -> ExitCode {
         }
         Command::Healthcheck(cfg) => report(health::probe(&cfg)),
         Command::PrepareLogs(cfg, uid, gid) => {
-            report(logging::prepare_dir(&cfg.log_file, uid, gid))
+            report(prepare::prepare_dir(&cfg.log_file, uid, gid))
         }
         Command::Serve(cfg) => serve(cfg),
     }

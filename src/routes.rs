@@ -1,9 +1,9 @@
-//! Request handling: the shared [`App`] state, the router (one `match` over method and path),
-//! the handlers, and the per-request envelope around them — request id, header limits, the
-//! access record and the counters.
+//! Request handling: the router (one `match` over method and path), the small handlers, and
+//! the per-request envelope around every handler — request id, head checks, client address,
+//! the access record and the request counter. `POST /events` has a module of its own.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use hyper::body::Incoming;
@@ -12,14 +12,16 @@ use hyper::http::request::Parts;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use log::Level;
 use serde_json::{Value, json};
-use time::OffsetDateTime;
 
+pub use crate::app::App;
 use crate::body::{self, Body};
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::events;
 use crate::health;
-use crate::ids::{Id, IdGen, RequestId};
-use crate::logging::{self, Access, Line, Sink};
+use crate::ids::{Id, RequestId};
+use crate::json;
+use crate::logging::Access;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -39,50 +41,8 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// State shared by every connection of one server.
-pub struct App {
-    pub cfg: Config,
-    pub sink: Sink,
-    pub ids: IdGen,
-    hostname: String,
-    started_at: OffsetDateTime,
-    started: Instant,
-    requests: AtomicU64,
-    events: AtomicU64,
-}
-
-impl App {
-    pub fn new(cfg: Config, sink: Sink) -> App {
-        App {
-            cfg,
-            sink,
-            ids: IdGen::new(),
-            hostname: hostname(),
-            started_at: OffsetDateTime::now_utc(),
-            started: Instant::now(),
-            requests: AtomicU64::new(0),
-            events: AtomicU64::new(0),
-        }
-    }
-}
-
-/// The kernel's hostname (the container id under Docker); no libc call needed.
-fn hostname() -> String {
-    ["/proc/sys/kernel/hostname", "/etc/hostname"]
-        .iter()
-        .find_map(|p| std::fs::read_to_string(p).ok())
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".into())
-}
-
-/// Answers one request: routes it, stamps the request id, writes the access record. Returns
-/// the answer and when it was ready (read once, for the record and the caller).
-pub async fn handle(
-    app: &App,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-) -> (Response<Body>, Instant) {
+/// Answers one request: routes it, stamps the request id, writes the access record.
+pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let start = Instant::now();
     // The head stays here, for the access record; only the body goes to the handler.
     let (head, body) = req.into_parts();
@@ -141,7 +101,7 @@ pub async fn handle(
             },
         );
     }
-    (resp, end)
+    resp
 }
 
 fn body_len(resp: &Response<Body>) -> u64 {
@@ -161,7 +121,7 @@ async fn route(
     match (&head.method, head.uri.path()) {
         (&Method::GET | &Method::HEAD, "/") => Ok(info(app)),
         (&Method::GET | &Method::HEAD, "/health") => Ok(health::respond(&app.sink)),
-        (&Method::POST, "/events") => create_event(app, head, body, request_id, client).await,
+        (&Method::POST, "/events") => events::create(app, head, body, request_id, client).await,
         (_, "/" | "/health") => Err(ApiError::MethodNotAllowed("GET, HEAD")),
         (_, "/events") => Err(ApiError::MethodNotAllowed("POST")),
         _ => Err(ApiError::NotFound),
@@ -180,101 +140,13 @@ fn info(app: &App) -> Response<Body> {
             "service": env!("CARGO_PKG_NAME"),
             "version": env!("CARGO_PKG_VERSION"),
             "hostname": app.hostname,
-            "started_at": logging::timestamp(app.started_at),
+            "started_at": json::timestamp(app.started_at),
             "uptime_seconds": app.started.elapsed().as_secs(),
             "requests_served": app.requests.load(Ordering::Relaxed) + 1,
             "events_accepted": app.events.load(Ordering::Relaxed),
             "routes": routes,
         }),
     )
-}
-
-/// `POST /events`: validates the event, appends its record, and answers 201 only once the
-/// record is in the file.
-async fn create_event(
-    app: &App,
-    head: &Parts,
-    incoming: Incoming,
-    request_id: &HeaderValue,
-    client: IpAddr,
-) -> Result<Response<Body>, ApiError> {
-    if !body::is_json(&head.headers) {
-        return Err(ApiError::UnsupportedMediaType);
-    }
-    let bytes = body::read_limited(
-        &head.headers,
-        incoming,
-        app.cfg.max_body_bytes,
-        app.cfg.body_timeout,
-    )
-    .await?;
-    let value: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
-    let (kind, data) = event_shape(value)?;
-
-    let id = app.ids.next();
-    let now = OffsetDateTime::now_utc();
-    let mut record = Vec::with_capacity(256 + bytes.len());
-    let mut line = Line::start_at(&mut record, now, Level::Info, "event");
-    line.str("id", id.as_str())
-        .str("type", &kind)
-        .bytes("request_id", request_id.as_bytes())
-        .ip("client", client);
-    if let Some(data) = &data {
-        line.json("data", data);
-    }
-    line.finish();
-
-    app.sink
-        .append_durable(&record)
-        .await
-        .map_err(ApiError::Unavailable)?;
-    app.events.fetch_add(1, Ordering::Relaxed);
-    // Written directly: the id and timestamp are ASCII and the type was checked to be
-    // `[A-Za-z0-9._:-]`, so nothing needs escaping, and a json! map costs five allocations.
-    let mut answer = Vec::with_capacity(96);
-    answer.extend_from_slice(b"{\"id\":\"");
-    answer.extend_from_slice(id.as_bytes());
-    answer.extend_from_slice(b"\",\"type\":\"");
-    answer.extend_from_slice(kind.as_bytes());
-    answer.extend_from_slice(b"\",\"received_at\":\"");
-    logging::write_timestamp(&mut answer, now);
-    answer.extend_from_slice(b"\"}");
-    Ok(body::json_bytes(StatusCode::CREATED, answer))
-}
-
-/// Checks `{"type": "<1-64 of A-Z a-z 0-9 . _ : ->", "data": <any, optional>}`.
-fn event_shape(value: Value) -> Result<(String, Option<Value>), ApiError> {
-    let Value::Object(mut map) = value else {
-        return Err(ApiError::Unprocessable(
-            "the body must be a JSON object with a \"type\" field".into(),
-        ));
-    };
-    if let Some(extra) = map.keys().find(|k| *k != "type" && *k != "data") {
-        return Err(ApiError::Unprocessable(format!(
-            "unknown field \"{}\"; allowed fields are \"type\" and \"data\"",
-            extra.escape_debug()
-        )));
-    }
-    let kind = match map.remove("type") {
-        None => return Err(ApiError::Unprocessable("field \"type\" is required".into())),
-        Some(Value::String(s)) => s,
-        Some(_) => {
-            return Err(ApiError::Unprocessable(
-                "field \"type\" must be a string".into(),
-            ));
-        }
-    };
-    let valid = (1..=64).contains(&kind.len())
-        && kind
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b));
-    if !valid {
-        return Err(ApiError::Unprocessable(
-            "field \"type\" must be 1-64 characters of A-Z a-z 0-9 . _ : -".into(),
-        ));
-    }
-    Ok((kind, map.remove("data")))
 }
 
 /// Refuses heads beyond the configured size with a JSON 431 (hyper's parser refuses heads
@@ -379,25 +251,6 @@ mod tests {
         assert_eq!(
             client_ip(&cfg, ip("10.0.0.2"), &xff(&["garbage"])),
             ip("10.0.0.2")
-        );
-    }
-
-    #[test]
-    fn event_shape_names_the_field() {
-        let err = |v: Value| match event_shape(v) {
-            Err(ApiError::Unprocessable(m)) => m,
-            other => panic!("{other:?}"),
-        };
-        assert!(err(json!([])).contains("JSON object"));
-        assert!(err(json!({})).contains("\"type\" is required"));
-        assert!(err(json!({"type": 1})).contains("must be a string"));
-        assert!(err(json!({"type": "a b"})).contains("1-64 characters"));
-        assert!(err(json!({"type": "x".repeat(65)})).contains("1-64 characters"));
-        assert!(err(json!({"type": "a", "extra": 1})).contains("\"extra\""));
-        let (t, d) = event_shape(json!({"type": "user.signup:v2-a_b", "data": {"k": 1}})).unwrap();
-        assert_eq!(
-            (t.as_str(), d),
-            ("user.signup:v2-a_b", Some(json!({"k": 1})))
         );
     }
 }

@@ -1,158 +1,33 @@
-//! The accept loop: one tokio task per connection, served by hyper's HTTP/1.1 connection
-//! driver, at most `max_connections` at once, and a graceful drain on shutdown.
+//! One connection's socket, wrapped with the guards hyper does not provide (or, for idle
+//! time, provides at a cost per request): the slow-head timeout, the idle timeout, the stalled
+//! write timeout, and the drain. hyper drives the HTTP; [`Guarded`] decides when the socket
+//! reads as closed or fails, and [`Activity`] is what the service tells it about requests.
 //!
-//! Timeouts, all kept by the connection's IO wrapper (`Guarded`): a connection must deliver
-//! each request head within `header_timeout` of its first byte (and a new connection its first
-//! head within `header_timeout` of connecting), which is what drops slowloris clients; a
-//! keep-alive connection with no request for `idle_timeout` is closed. The split keeps the
-//! slow-client guard tight while idle connections outlive a load balancer's idle timeout (60 s
-//! on common ones), avoiding the race where both sides close at once. A write that cannot
-//! progress for `write_timeout` (a client that never reads) closes the connection too.
-//! hyper's own header timer is off: it allocates and registers a timer for every request.
+//! A connection must deliver each request head within `header_timeout` of its first byte (and
+//! a new connection its first head within `header_timeout` of connecting), which is what drops
+//! slowloris clients; a keep-alive connection with no request for `idle_timeout` is closed.
+//! The split keeps the slow-client guard tight while idle connections outlive a load
+//! balancer's idle timeout (60 s on common ones), avoiding the race where both sides close at
+//! once. A write that cannot progress for `write_timeout` (a client that never reads) closes
+//! the connection too.
 
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use hyper::Request;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::sync::futures::OwnedNotified;
-use tokio::sync::{Notify, Semaphore};
 use tokio::time::{Instant, Sleep};
 
 use crate::config::Config;
-use crate::routes::{self, App};
-use crate::shutdown::Shutdown;
-
-/// Pause after an accept error that is not about one connection (e.g. out of file
-/// descriptors), so the loop waits for resources instead of spinning.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-/// Serves `listener` until `shutdown` is requested, then stops accepting, lets in-flight
-/// requests finish within the grace period and closes idle connections. A second request or
-/// an expired grace period ends it early with an error naming the reason.
-pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -> io::Result<()> {
-    let mut http = http1::Builder::new();
-    http.header_read_timeout(None)
-        .keep_alive(true)
-        // Heads up to the configured limit reach our JSON 431; beyond this hyper answers alone.
-        // (So does a head of over 100 fields: raising hyper's field limit moves its parse
-        // buffer to the heap, measured at 3% of the CPU per request.)
-        .max_buf_size(app.cfg.max_header_bytes + 8192);
-    let limit = Arc::new(Semaphore::new(app.cfg.max_connections));
-    let graceful = GracefulShutdown::new();
-    let drain = Arc::new(Drain::default());
-
-    loop {
-        // Take a permit before accepting: past the cap, clients wait in the listen backlog.
-        let permit = tokio::select! {
-            permit = limit.clone().acquire_owned() => {
-                permit.expect("the connection semaphore is never closed")
-            }
-            () = shutdown.requested() => break,
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    if !per_connection(&e) {
-                        log::warn!(error:% = e; "accept failed; pausing");
-                        tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    }
-                    continue;
-                }
-            },
-            () = shutdown.requested() => break,
-        };
-        // Small JSON answers: don't let Nagle hold them back.
-        let _ = stream.set_nodelay(true);
-        let activity = Arc::new(Activity::new());
-        let io = Guarded::new(stream, Arc::clone(&activity), &drain, &app.cfg);
-        let app = Arc::clone(&app);
-        let service = service_fn(move |req: Request<Incoming>| {
-            let app = Arc::clone(&app);
-            let activity = Arc::clone(&activity);
-            activity.started.fetch_add(1, Ordering::AcqRel);
-            async move {
-                let (resp, end) = routes::handle(&app, req, peer).await;
-                activity.finish(end.into());
-                Ok::<_, std::convert::Infallible>(resp)
-            }
-        });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(io), service));
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                log::debug!(peer:% = peer, error:% = e; "connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
-    drop(listener);
-    // Connections without a request in progress (silent, idle, or mid-head) close now; hyper's
-    // graceful shutdown alone would wait for a head that may never come.
-    drain.started.store(true, Ordering::Release);
-    drain.notify.notify_waiters();
-
-    let grace = app.cfg.grace;
-    let open = app.cfg.max_connections - limit.available_permits();
-    log::info!(connections = open as u64, grace_ms = grace.as_millis() as u64; "draining");
-    tokio::select! {
-        () = graceful.shutdown() => {
-            log::info!("drained; shutting down");
-            Ok(())
-        }
-        () = tokio::time::sleep(grace) => {
-            let open = app.cfg.max_connections - limit.available_permits();
-            log::warn!(connections = open as u64; "grace period expired; closing the remaining connections");
-            Err(io::Error::other(format!("grace period of {grace:?} expired with {open} connections open")))
-        }
-        () = shutdown.forced() => {
-            log::warn!("second shutdown request; closing the remaining connections");
-            Err(io::Error::other("shutdown forced by a second signal"))
-        }
-    }
-}
-
-/// Errors that concern only the connection being accepted; the next accept may succeed.
-fn per_connection(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-            | io::ErrorKind::WouldBlock
-    )
-}
-
-/// Binds the configured address, naming it in the error.
-pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| {
-        let hint = match e.kind() {
-            io::ErrorKind::AddrInUse => {
-                "; another process holds it: stop that one or choose another --port/PORT"
-            }
-            io::ErrorKind::PermissionDenied => {
-                "; ports below 1024 need privileges: choose --port/PORT above 1023"
-            }
-            io::ErrorKind::AddrNotAvailable => "; no interface has that address: check --host/HOST",
-            _ => "",
-        };
-        io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}{hint}"))
-    })
-}
 
 /// Requests a connection has begun (hyper parsed their head) and finished answering.
-struct Activity {
+pub(super) struct Activity {
     started: AtomicU32,
     finished: AtomicU32,
     opened: Instant,
@@ -161,7 +36,7 @@ struct Activity {
 }
 
 impl Activity {
-    fn new() -> Activity {
+    pub(super) fn new() -> Activity {
         Activity {
             started: AtomicU32::new(0),
             finished: AtomicU32::new(0),
@@ -170,8 +45,14 @@ impl Activity {
         }
     }
 
-    /// Counts a request as finished at `end`.
-    fn finish(&self, end: Instant) {
+    /// Counts a request as begun: from here until it finishes, the connection is busy.
+    pub(super) fn begin(&self) {
+        self.started.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Counts a request as finished now; the connection's idle time starts here.
+    pub(super) fn finish(&self) {
+        let end = Instant::now();
         let ms = end.saturating_duration_since(self.opened).as_millis() as u64;
         self.last_end_ms.store(ms, Ordering::Release);
         self.finished.fetch_add(1, Ordering::AcqRel);
@@ -185,9 +66,17 @@ impl Activity {
 
 /// Set once at shutdown; wakes connections that wait for a request.
 #[derive(Default)]
-struct Drain {
+pub(super) struct Drain {
     started: AtomicBool,
     notify: Arc<Notify>,
+}
+
+impl Drain {
+    /// Closes every connection without a request in progress, now and from now on.
+    pub(super) fn start(&self) {
+        self.started.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
 }
 
 fn head_timed_out() -> io::Error {
@@ -218,7 +107,7 @@ struct HeadClock {
 ///   so a client that never reads its answer cannot hold a connection slot (or the drain).
 /// - the drain: once shutdown starts, a read while no request is in progress sees end of
 ///   stream, which closes the connection.
-struct Guarded {
+pub(super) struct Guarded {
     io: TcpStream,
     activity: Arc<Activity>,
     header_timeout: Duration,
@@ -236,7 +125,12 @@ struct Guarded {
 }
 
 impl Guarded {
-    fn new(io: TcpStream, activity: Arc<Activity>, drain: &Arc<Drain>, cfg: &Config) -> Guarded {
+    pub(super) fn new(
+        io: TcpStream,
+        activity: Arc<Activity>,
+        drain: &Arc<Drain>,
+        cfg: &Config,
+    ) -> Guarded {
         let opened = activity.opened;
         Guarded {
             io,

@@ -1,0 +1,412 @@
+//! The project's one JSON writer: string escaping, numbers, addresses and timestamps written
+//! by hand into byte buffers, and [`Line`], which builds one log record. Log records, event
+//! records and the `201` answer all come through here; `serde_json` is kept for parsing and
+//! for the rare answers built as trees (`GET /`, error bodies).
+//!
+//! Every string from a client goes through `json_str` or `json_bytes`, so no input can
+//! break a line or add a field.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use log::Level;
+use time::OffsetDateTime;
+
+/// The decimal text of 0..=255 followed by a dot, and its length: IPv4 octets from a table,
+/// where dividing each by ten was most of an access record's address field.
+const OCTETS: [([u8; 4], usize); 256] = {
+    let mut table = [([0; 4], 0); 256];
+    let mut i = 0;
+    while i < 256 {
+        let d = [
+            b'0' + (i / 100) as u8,
+            b'0' + (i / 10 % 10) as u8,
+            b'0' + (i % 10) as u8,
+        ];
+        table[i] = match i {
+            0..=9 => ([d[2], b'.', 0, 0], 2),
+            10..=99 => ([d[1], d[2], b'.', 0], 3),
+            _ => ([d[0], d[1], d[2], b'.'], 4),
+        };
+        i += 1;
+    }
+    table
+};
+
+/// Where the escapers write: a `Vec`, or a [`Rec`] in front of one.
+pub(crate) trait Out {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Out for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// Stack room for one record: an access record with ordinary path and user agent fits.
+pub(crate) const REC_BUF: usize = 512;
+
+/// Formats a record through a stack buffer and appends it to the `Vec` in one copy at the
+/// end (in more, if it outgrows the buffer). Writing here is a bounds check and a copy;
+/// pushing to a `Vec` is a call with a capacity check each time (at opt-level "s" those are
+/// not inlined), which made up most of the access record's cost.
+pub(crate) struct Rec<'a> {
+    out: &'a mut Vec<u8>,
+    buf: [u8; REC_BUF],
+    len: usize,
+}
+
+impl<'a> Rec<'a> {
+    pub(crate) fn new(out: &'a mut Vec<u8>) -> Rec<'a> {
+        Rec {
+            out,
+            buf: [0; REC_BUF],
+            len: 0,
+        }
+    }
+
+    /// Moves what is buffered to the `Vec`.
+    fn spill(&mut self) {
+        self.out.extend_from_slice(&self.buf[..self.len]);
+        self.len = 0;
+    }
+
+    /// Makes room for `bytes`, or appends them directly if they could never fit.
+    #[cold]
+    fn spill_for(&mut self, bytes: &[u8]) {
+        self.spill();
+        if bytes.len() > REC_BUF {
+            self.out.extend_from_slice(bytes);
+        }
+    }
+
+    pub(crate) fn finish(mut self) {
+        self.spill();
+    }
+
+    /// The last `width` (at most 20) decimal digits of `n`, zero-padded.
+    pub(crate) fn digits(&mut self, mut n: u64, width: usize) {
+        if REC_BUF - self.len < 20 {
+            self.spill();
+        }
+        let end = self.len + width;
+        for d in self.buf[self.len..end].iter_mut().rev() {
+            *d = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+        self.len = end;
+    }
+
+    pub(crate) fn u64(&mut self, n: u64) {
+        // Most numbers here are short (a size, microseconds): compare before taking a log.
+        let width = match n {
+            0..=9 => 1,
+            10..=99 => 2,
+            100..=999 => 3,
+            1000..=9999 => 4,
+            _ => n.ilog10() as usize + 1,
+        };
+        self.digits(n, width);
+    }
+
+    /// An address in its usual text form (which never needs JSON escaping).
+    pub(crate) fn ip(&mut self, ip: IpAddr) {
+        match ip {
+            IpAddr::V4(v4) => {
+                // Each octet as four bytes from the table, then one copy of the used part.
+                let mut text = [0; 16];
+                let mut len = 0;
+                for octet in v4.octets() {
+                    let (digits, n) = OCTETS[usize::from(octet)];
+                    text[len..len + 4].copy_from_slice(&digits);
+                    len += n;
+                }
+                self.put(&text[..len - 1]); // without the last dot
+            }
+            IpAddr::V6(v6) => {
+                // Writing to a Rec cannot fail.
+                let _ = write!(self, "{v6}");
+            }
+        }
+    }
+}
+
+impl Out for Rec<'_> {
+    // Always inlined: most calls copy a constant field name, which then compiles to a few
+    // moves instead of a call to memcpy (opt-level "s" would not inline this by itself).
+    #[inline(always)]
+    fn put(&mut self, bytes: &[u8]) {
+        if bytes.len() > REC_BUF - self.len {
+            self.spill_for(bytes);
+            if bytes.len() > REC_BUF {
+                return;
+            }
+        }
+        let end = self.len + bytes.len();
+        self.buf[self.len..end].copy_from_slice(bytes);
+        self.len = end;
+    }
+}
+
+impl std::fmt::Write for Rec<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.put(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Builds one JSON record in a buffer: `{"ts":…,"level":…,"msg":…` then fields, then `}\n`.
+/// Strings go through `json_str`, so no input can break the line or add a field.
+pub struct Line<'a> {
+    buf: &'a mut Vec<u8>,
+}
+
+impl<'a> Line<'a> {
+    /// Starts a record stamped now.
+    pub fn start(buf: &'a mut Vec<u8>, level: Level, msg: &str) -> Line<'a> {
+        Line::start_at(buf, OffsetDateTime::now_utc(), level, msg)
+    }
+
+    /// Starts a record stamped `ts`.
+    pub fn start_at(buf: &'a mut Vec<u8>, ts: OffsetDateTime, level: Level, msg: &str) -> Line<'a> {
+        buf.extend_from_slice(b"{\"ts\":\"");
+        write_timestamp(buf, ts);
+        buf.extend_from_slice(b"\",\"level\":\"");
+        buf.extend_from_slice(level_name(level).as_bytes());
+        buf.extend_from_slice(b"\",\"msg\":");
+        json_str(buf, msg);
+        Line { buf }
+    }
+
+    /// Adds a string field.
+    pub fn str(&mut self, key: &str, value: &str) -> &mut Self {
+        self.key(key);
+        json_str(self.buf, value);
+        self
+    }
+
+    /// Adds a string field from bytes that may not be UTF-8 (invalid sequences become U+FFFD).
+    pub fn bytes(&mut self, key: &str, value: &[u8]) -> &mut Self {
+        self.key(key);
+        json_bytes(self.buf, value);
+        self
+    }
+
+    /// Adds a number field.
+    pub fn u64(&mut self, key: &str, value: u64) -> &mut Self {
+        self.key(key);
+        let mut rec = Rec::new(self.buf);
+        rec.u64(value);
+        rec.finish();
+        self
+    }
+
+    /// Adds an IP address as a string field.
+    pub fn ip(&mut self, key: &str, ip: IpAddr) -> &mut Self {
+        self.key(key);
+        push_ip(self.buf, ip);
+        self
+    }
+
+    /// Adds a field whose value is already-serialised JSON.
+    pub fn json(&mut self, key: &str, value: &serde_json::Value) -> &mut Self {
+        self.key(key);
+        serde_json::to_writer(&mut *self.buf, value).expect("a Value always serialises into a Vec");
+        self
+    }
+
+    /// Keys are the service's own identifiers, never client input: written without escaping.
+    fn key(&mut self, key: &str) {
+        debug_assert!(key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+        self.buf.extend_from_slice(b",\"");
+        self.buf.extend_from_slice(key.as_bytes());
+        self.buf.extend_from_slice(b"\":");
+    }
+
+    /// Closes the record and its line.
+    pub fn finish(self) {
+        self.buf.extend_from_slice(b"}\n");
+    }
+}
+
+/// What a byte needs in a JSON string: [`ESCAPE`] for `"`, `\\` and the controls below 0x20;
+/// [`TOKEN`] for the printable ASCII that may appear in a token; 0 for the rest (space, DEL,
+/// UTF-8 sequences), copied as they are. A table: per-byte comparisons cost twice as much.
+static CLASS: [u8; 256] = {
+    let mut table = [0; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = match b as u8 {
+            0..=0x1f | b'"' | b'\\' => ESCAPE,
+            0x21..=0x7e => TOKEN,
+            _ => 0,
+        };
+        b += 1;
+    }
+    table
+};
+const ESCAPE: u8 = 1;
+const TOKEN: u8 = 2;
+
+/// Writes `s` as a JSON string. RFC 8259 requires escaping only `"`, `\\` and the control
+/// characters below U+0020; runs of other bytes are copied whole. (serde_json's escaper, which
+/// this replaces on the per-request path, cost several times more per record.)
+pub(crate) fn json_str(buf: &mut impl Out, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    buf.put(b"\"");
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if CLASS[usize::from(b)] != ESCAPE {
+            continue;
+        }
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            _ => &[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ],
+        };
+        buf.put(&bytes[start..i]);
+        buf.put(escape);
+        start = i + 1;
+    }
+    buf.put(&bytes[start..]);
+    buf.put(b"\"");
+}
+
+/// [`json_str`] for bytes that may not be UTF-8 (invalid sequences become U+FFFD).
+pub(crate) fn json_bytes(buf: &mut impl Out, value: &[u8]) {
+    // Printable ASCII, the usual user agent, needs one look rather than a UTF-8 check and
+    // then an escape scan.
+    if value
+        .iter()
+        .all(|&b| CLASS[usize::from(b)] == TOKEN || b == b' ')
+    {
+        buf.put(b"\"");
+        buf.put(value);
+        buf.put(b"\"");
+        return;
+    }
+    match std::str::from_utf8(value) {
+        Ok(s) => json_str(buf, s),
+        Err(_) => json_str(buf, &String::from_utf8_lossy(value)),
+    }
+}
+
+/// Writes an IP address as a JSON string (its text never needs escaping).
+fn push_ip(buf: &mut Vec<u8>, ip: IpAddr) {
+    let mut rec = Rec::new(buf);
+    rec.put(b"\"");
+    rec.ip(ip);
+    rec.put(b"\"");
+    rec.finish();
+}
+
+fn level_name(level: Level) -> &'static str {
+    match level {
+        Level::Error => "error",
+        Level::Warn => "warn",
+        Level::Info => "info",
+        Level::Debug => "debug",
+        Level::Trace => "trace",
+    }
+}
+
+/// RFC 3339 in UTC with milliseconds: `2026-11-26T05:20:15.123Z`. Digits by hand (through
+/// `Rec`): this runs for every event record and answer, and `write!` costs several times more.
+pub fn write_timestamp(buf: &mut Vec<u8>, t: OffsetDateTime) {
+    let (h, mi, s, ms) = t.to_hms_milli();
+    let year = u32::try_from(t.year()).unwrap_or(0).min(9999);
+    let mut rec = Rec::new(buf);
+    rec.digits(u64::from(year), 4);
+    rec.put(b"-");
+    rec.digits(u64::from(u8::from(t.month())), 2);
+    rec.put(b"-");
+    rec.digits(u64::from(t.day()), 2);
+    rec.put(b"T");
+    rec.digits(u64::from(h), 2);
+    rec.put(b":");
+    rec.digits(u64::from(mi), 2);
+    rec.put(b":");
+    rec.digits(u64::from(s), 2);
+    rec.put(b".");
+    rec.digits(u64::from(ms), 3);
+    rec.put(b"Z");
+    rec.finish();
+}
+
+/// A timestamp as a string (for JSON answers such as `received_at`).
+pub fn timestamp(t: OffsetDateTime) -> String {
+    let mut buf = Vec::with_capacity(24);
+    write_timestamp(&mut buf, t);
+    String::from_utf8(buf).expect("a timestamp is ASCII")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_strings_stay_on_one_line() {
+        let mut buf = Vec::new();
+        let mut line = Line::start(&mut buf, Level::Info, "m");
+        line.str("a", "x\n{\"level\":\"error\"}\r\u{1b}[31m\u{0}")
+            .bytes("b", b"\xff\xfe")
+            .u64("n", 0)
+            .u64("m", u64::MAX)
+            .ip("v4", [10, 0, 0, 255].into())
+            .ip("v6", IpAddr::V6(1.into()));
+        line.finish();
+        assert_eq!(buf.iter().filter(|&&b| b == b'\n').count(), 1);
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["a"], "x\n{\"level\":\"error\"}\r\u{1b}[31m\u{0}");
+        assert_eq!(v["b"], "\u{fffd}\u{fffd}");
+        assert_eq!(v["level"], "info");
+        assert_eq!(
+            (v["n"].as_u64(), v["m"].as_u64()),
+            (Some(0), Some(u64::MAX))
+        );
+        let all: String = (0u8..=0x7f).map(char::from).chain("é€😀".chars()).collect();
+        let mut buf = Vec::new();
+        json_str(&mut buf, &all);
+        assert_eq!(serde_json::from_slice::<String>(&buf).unwrap(), all);
+        assert_eq!(
+            (v["v4"].as_str(), v["v6"].as_str()),
+            (Some("10.0.0.255"), Some("::1"))
+        );
+    }
+
+    /// Access records come out whole and as given, from the longest numbers and address to
+    /// paths and user agents that outgrow [`Rec`]'s stack buffer.
+
+    #[test]
+    fn ipv4_text_matches_std() {
+        for octet in 0..=255u8 {
+            for ip in [[octet, 0, 9, 10], [255, 99, 100, octet]] {
+                let ip = IpAddr::from(ip);
+                let mut buf = Vec::new();
+                push_ip(&mut buf, ip);
+                assert_eq!(buf, format!("\"{ip}\"").into_bytes());
+            }
+        }
+    }
+
+    /// Record times follow the monotonic clock from one reading of the wall clock, and a
+    /// reading over a second old is replaced.
+
+    #[test]
+    fn timestamp_is_rfc3339_utc_millis() {
+        let t = OffsetDateTime::from_unix_timestamp_nanos(1_764_134_415_123_456_789).unwrap();
+        assert_eq!(timestamp(t), "2025-11-26T05:20:15.123Z");
+    }
+}

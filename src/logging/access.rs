@@ -1,0 +1,218 @@
+//! The access record: one JSON line per request, formatted on the request's own task into
+//! the sink's buffer. It runs for every request, so it is written through a stack buffer
+//! (`Rec`) with constant field names, reuses the formatted date and time within a second,
+//! takes the wall-clock time from the request's own monotonic reading (`Clock`), and
+//! escapes only what needs it: the request id is proven safe by its type, and the method,
+//! path and user agent are copied whole unless they hold a byte JSON must escape.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use log::Level;
+use time::OffsetDateTime;
+
+use crate::ids::RequestId;
+use crate::json::{Out, Rec, json_bytes, json_str, write_timestamp};
+
+/// The fields of one access record.
+pub struct Access<'a> {
+    /// An HTTP method: a token (RFC 9110), as hyper's parser guarantees.
+    pub method: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    /// Body bytes of the answer.
+    pub bytes: u64,
+    /// When the answer was ready: the record's timestamp.
+    pub at: Instant,
+    /// Time to produce the answer.
+    pub duration_us: u64,
+    /// Needs no escaping (see [`RequestId`]).
+    pub request_id: RequestId<'a>,
+    pub client: IpAddr,
+    pub user_agent: &'a [u8],
+}
+
+/// Appends one access record to `buf` (see the module's doc).
+pub(super) fn access_record(
+    buf: &mut Vec<u8>,
+    clock: &mut Clock,
+    now: Duration,
+    level: Level,
+    a: &Access<'_>,
+) {
+    let mut rec = Rec::new(buf);
+    rec.put(b"{\"ts\":\"");
+    clock.write(&mut rec, now);
+    rec.put(match level {
+        Level::Debug | Level::Trace => b"\",\"level\":\"debug\",\"msg\":\"access\",\"method\":",
+        _ => b"\",\"level\":\"info\",\"msg\":\"access\",\"method\":",
+    });
+    json_bytes(&mut rec, a.method.as_bytes());
+    rec.put(b",\"path\":");
+    json_str(&mut rec, a.path);
+    rec.put(b",\"status\":");
+    rec.digits(u64::from(a.status), 3); // StatusCode is 100..=999
+    rec.put(b",\"bytes\":");
+    rec.u64(a.bytes);
+    rec.put(b",\"duration_us\":");
+    rec.u64(a.duration_us);
+    rec.put(b",\"request_id\":\"");
+    rec.put(a.request_id.as_bytes());
+    rec.put(b"\",\"client\":\"");
+    rec.ip(a.client);
+    rec.put(b"\",\"user_agent\":");
+    json_bytes(&mut rec, a.user_agent);
+    rec.put(b"}\n");
+    rec.finish();
+}
+
+/// Wall-clock time for access records, read from the system clock at most once a second:
+/// records carry a monotonic [`Instant`] (which the request read anyway) and are placed
+/// relative to the last reading. Also the `YYYY-MM-DDTHH:MM:SS` of the last formatted second.
+pub(super) struct Clock {
+    /// A monotonic instant and the wall-clock time read right after it.
+    base: Option<(Instant, Duration)>,
+    secs: u64,
+    text: [u8; 19],
+}
+
+impl Default for Clock {
+    fn default() -> Clock {
+        Clock {
+            base: None,
+            secs: u64::MAX,
+            text: [0; 19],
+        }
+    }
+}
+
+impl Clock {
+    /// The wall-clock time (since the Unix epoch) of `at`. Within a second of the last
+    /// reading it is derived from that reading, so it is off by the clocks' drift over at
+    /// most a second; an `at` before the reading (another worker's earlier request) gets
+    /// the reading's time.
+    pub(super) fn since_epoch(&mut self, at: Instant) -> Duration {
+        let since_base = self
+            .base
+            .map(|(base, wall)| (at.saturating_duration_since(base), wall));
+        match since_base {
+            Some((since, wall)) if since < Duration::from_secs(1) => wall + since,
+            _ => {
+                let wall = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default();
+                self.base = Some((at, wall));
+                wall
+            }
+        }
+    }
+
+    /// Writes `since_epoch` as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+    fn write(&mut self, out: &mut Rec<'_>, since_epoch: Duration) {
+        let secs = since_epoch.as_secs();
+        if secs != self.secs {
+            let t = i64::try_from(secs)
+                .ok()
+                .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+            let mut text = Vec::with_capacity(24);
+            write_timestamp(&mut text, t);
+            self.text.copy_from_slice(&text[..19]);
+            self.secs = secs;
+        }
+        out.put(&self.text);
+        out.put(b".");
+        out.digits(u64::from(since_epoch.subsec_millis()), 3);
+        out.put(b"Z");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::json::REC_BUF;
+
+    #[test]
+    fn longest_access_record_is_whole() {
+        let v6: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap();
+        let mut buf = Vec::new();
+        let mut clock = Clock::default();
+        let a = Access {
+            method: "PROPPATCH",
+            path: "/a\"b",
+            status: 599,
+            bytes: u64::MAX,
+            at: Instant::now(),
+            duration_us: u64::MAX,
+            request_id: RequestId::given(b"id-1").unwrap(),
+            client: v6,
+            user_agent: b"ua\xff",
+        };
+        let now = Duration::new(1_764_134_415, 7_000_000);
+        access_record(&mut buf, &mut clock, now, Level::Debug, &a);
+        access_record(&mut buf, &mut clock, now, Level::Info, &a);
+        let lines: Vec<serde_json::Value> = buf
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        let v = &lines[0];
+        assert_eq!(v["ts"], "2025-11-26T05:20:15.007Z");
+        assert_eq!(
+            (v["level"].as_str(), lines[1]["level"].as_str()),
+            (Some("debug"), Some("info"))
+        );
+        assert_eq!(v["msg"], "access");
+        assert_eq!(v["method"], "PROPPATCH");
+        assert_eq!(v["path"], "/a\"b");
+        assert_eq!(v["status"], 599);
+        assert_eq!(
+            (v["bytes"].as_u64(), v["duration_us"].as_u64()),
+            (Some(u64::MAX), Some(u64::MAX))
+        );
+        assert_eq!(v["request_id"], "id-1");
+        assert_eq!(v["client"], v6.to_string());
+        assert_eq!(v["user_agent"], "ua\u{fffd}");
+
+        let path = format!("/{}", "\"x".repeat(REC_BUF));
+        let ua = "u".repeat(REC_BUF * 3);
+        let long = Access {
+            path: &path,
+            user_agent: ua.as_bytes(),
+            client: [10, 1, 2, 3].into(),
+            ..a
+        };
+        let mut buf = Vec::new();
+        access_record(&mut buf, &mut clock, now, Level::Info, &long);
+        assert_eq!(buf.iter().filter(|&&b| b == b'\n').count(), 1);
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(
+            (v["path"].as_str(), v["user_agent"].as_str()),
+            (Some(&*path), Some(&*ua))
+        );
+        assert_eq!(
+            (v["client"].as_str(), v["status"].as_u64()),
+            (Some("10.1.2.3"), Some(599))
+        );
+    }
+
+    /// The table-driven IPv4 text matches the standard library's, octet values of every width.
+
+    #[test]
+    fn clock_reads_the_wall_clock_once_a_second() {
+        let wall = || SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        let mut clock = Clock::default();
+        let t0 = Instant::now();
+        let first = clock.since_epoch(t0);
+        assert!(wall().abs_diff(first) < Duration::from_millis(100));
+        let later = t0 + Duration::from_millis(300);
+        assert_eq!(clock.since_epoch(later), first + Duration::from_millis(300));
+        // Earlier than the reading: the reading's time, not a new reading.
+        assert_eq!(clock.since_epoch(t0 - Duration::from_millis(5)), first);
+        assert_eq!(clock.base.map(|b| b.0), Some(t0));
+        let much_later = t0 + Duration::from_millis(1500);
+        clock.since_epoch(much_later);
+        assert_eq!(clock.base.map(|b| b.0), Some(much_later), "not read again");
+    }
+}

@@ -1,0 +1,69 @@
+//! Logging: one file of JSON lines, written by one background thread, with two ways in.
+//!
+//! - Diagnostics (startup, warnings, errors) go through `log` and fern, which formats them as
+//!   JSON records and sends them to stderr (for `docker logs`) and into the [`Sink`].
+//! - Access and event records, the per-request path, skip `log` and fern: they are formatted
+//!   straight into the sink's buffer ([`access`]) or handed over whole and waited for
+//!   ([`Sink::append_durable`]), which a logger's fire-and-forget interface cannot express.
+//!
+//! Files: [`sink`] owns the file, the writer thread and group commit; [`access`] formats the
+//! access record; [`stderr`] writes to stderr. The JSON itself comes from [`crate::json`].
+
+use std::fmt::Write as _;
+
+use log::LevelFilter;
+
+use crate::json::Line;
+
+pub mod access;
+pub mod sink;
+pub mod stderr;
+
+pub use access::Access;
+pub use sink::{FLUSH_INTERVAL, OpenError, Sink};
+pub use stderr::to_stderr;
+
+/// Installs the global logger: diagnostics at `level` go to stderr and into `sink`, as JSON
+/// lines. Key-value pairs given to `log` macros become fields.
+pub fn init(level: LevelFilter, sink: &Sink) -> Result<(), log::SetLoggerError> {
+    let file = sink.clone();
+    fern::Dispatch::new()
+        .level(level)
+        .format(|out, message, record| {
+            let mut buf = Vec::with_capacity(256);
+            let mut line = Line::start(&mut buf, record.level(), &message.to_string());
+            let mut fields = Fields(&mut line);
+            let _ = record.key_values().visit(&mut fields);
+            line.finish();
+            buf.pop();
+            out.finish(format_args!("{}", String::from_utf8_lossy(&buf)))
+        })
+        // Not fern's own stderr output: when stderr is gone (its reader closed the pipe), fern
+        // falls back to stderr once more and then panics, in whatever thread was logging.
+        .chain(fern::Output::call(|record| {
+            to_stderr(&record.args().to_string())
+        }))
+        .chain(fern::Output::call(move |record| file.raw(record.args())))
+        .apply()
+}
+
+/// Writes a `log` record's key-value pairs as fields: numbers as numbers, the rest as strings.
+struct Fields<'a, 'b>(&'a mut Line<'b>);
+
+impl<'kvs> log::kv::VisitSource<'kvs> for Fields<'_, '_> {
+    fn visit_pair(
+        &mut self,
+        key: log::kv::Key<'kvs>,
+        value: log::kv::Value<'kvs>,
+    ) -> Result<(), log::kv::Error> {
+        match value.to_u64() {
+            Some(n) => self.0.u64(key.as_str(), n),
+            None => {
+                let mut s = String::new();
+                let _ = write!(s, "{value}");
+                self.0.str(key.as_str(), &s)
+            }
+        };
+        Ok(())
+    }
+}

@@ -1,0 +1,446 @@
+//! The log file and the one background thread that writes it.
+//!
+//! *Access* records and diagnostics are buffered and reach the file within [`FLUSH_INTERVAL`];
+//! a request never waits for the disk. *Event* records are durable: [`Sink::append_durable`]
+//! resolves only after the `write(2)` that carried the record returned, so `POST /events` can
+//! acknowledge honestly. Events that arrive together share one write (group commit): the first
+//! of a batch spawns a task that yields once, so that every request ready on the runtime adds
+//! its record, and then wakes the writer thread. Writes never run on the runtime, so a stalled
+//! disk holds up the events waiting for it, not `/health` or the other routes.
+//!
+//! Every batch is one `write` on a file opened with `O_APPEND`, so replicas appending to the
+//! same bind-mounted file never interleave inside a line. A failed write marks the sink
+//! unhealthy (read by `/health`) until a later write succeeds; the background thread retries
+//! with a notice record every [`FLUSH_INTERVAL`], so health recovers by itself once space
+//! returns.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::Duration;
+
+use log::{Level, LevelFilter};
+use tokio::sync::oneshot;
+
+use super::access::{Access, Clock, access_record};
+use super::stderr;
+use crate::json::Line;
+
+/// Longest time a buffered record waits before the background thread writes it.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Buffered bytes that make the background thread write at once instead of at the interval.
+/// Larger writes cost less per byte, but a kill -9 can stop a large write part-way, at a page
+/// boundary, leaving a torn line; this size keeps that window small (docs/performance.md).
+const FLUSH_BYTES: usize = 32 * 1024;
+
+/// Appends JSON lines to the log file; cheap to clone, shared by every connection.
+#[derive(Clone)]
+pub struct Sink(Arc<Shared>);
+
+struct Shared {
+    path: PathBuf,
+    access: bool,
+    debug: bool,
+    pending: Mutex<Pending>,
+    /// Wakes the background thread (first buffered record, reopen, close).
+    wake: Condvar,
+    /// Held for the whole of a write, so batches reach the file in the order they were taken.
+    output: Mutex<Output>,
+    /// Why the last write failed, while no later write has succeeded.
+    failure: Mutex<Option<String>>,
+    failed: AtomicBool,
+    writer: Mutex<Option<thread::JoinHandle<()>>>,
+}
+
+type Ack = oneshot::Sender<Result<(), String>>;
+
+#[derive(Default)]
+struct Pending {
+    buf: Vec<u8>,
+    /// The date and time of day of the last access record, formatted.
+    clock: Clock,
+    /// Durable appends waiting for the write that carries `buf[..end]`.
+    acks: Vec<(usize, Ack)>,
+    /// A task will ask the writer thread to write `buf` at once (it holds durable records).
+    commit_scheduled: bool,
+    flush_now: bool,
+    /// Reopen requests, answered once the file at the path is open.
+    reopen: Vec<Ack>,
+    closing: bool,
+}
+
+struct Output {
+    file: File,
+    /// The buffer being written; swapped with `Pending::buf` so neither side reallocates.
+    batch: Vec<u8>,
+    /// Records that could not be written while the file was failing.
+    unwritten: u64,
+}
+
+/// The log file could not be opened for append; the message says what to do.
+#[derive(Debug)]
+pub struct OpenError(String);
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+impl Sink {
+    /// Opens (creating if needed) `path` and its directory, and starts the background thread.
+    /// `level` decides whether access records (info) and health-probe records (debug) are kept.
+    pub fn open(path: &Path, level: LevelFilter) -> Result<Sink, OpenError> {
+        let file = open_append(path).map_err(|e| open_error(path, &e))?;
+        let shared = Arc::new(Shared {
+            path: path.to_path_buf(),
+            access: level >= LevelFilter::Info,
+            debug: level >= LevelFilter::Debug,
+            pending: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+            output: Mutex::new(Output {
+                file,
+                batch: Vec::with_capacity(FLUSH_BYTES * 2),
+                unwritten: 0,
+            }),
+            failure: Mutex::new(None),
+            failed: AtomicBool::new(false),
+            writer: Mutex::new(None),
+        });
+        let worker = Arc::clone(&shared);
+        let handle = thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || writer_loop(&worker))
+            .map_err(|e| OpenError(format!("cannot start the log writer thread: {e}")))?;
+        *lock(&shared.writer) = Some(handle);
+        Ok(Sink(shared))
+    }
+
+    /// Whether records of `level` are kept (access records are info, probe records debug).
+    pub fn enabled(&self, level: Level) -> bool {
+        match level {
+            Level::Error | Level::Warn => true,
+            Level::Info => self.0.access,
+            Level::Debug | Level::Trace => self.0.debug,
+        }
+    }
+
+    /// Why the log cannot be written, if the last write failed and none succeeded since.
+    pub fn failure(&self) -> Option<String> {
+        if !self.0.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        lock(&self.0.failure).clone()
+    }
+
+    /// Buffers one access record (formatted by `access::access_record`, on the caller's thread).
+    pub fn access(&self, level: Level, a: &Access<'_>) {
+        let mut p = lock(&self.0.pending);
+        let was_empty = p.buf.is_empty();
+        let Pending { buf, clock, .. } = &mut *p;
+        let now = clock.since_epoch(a.at);
+        access_record(buf, clock, now, level, a);
+        self.appended(p, was_empty);
+    }
+
+    /// Buffers a line that is already formatted (fern's output), adding the newline.
+    pub(super) fn raw(&self, line: &std::fmt::Arguments<'_>) {
+        let mut p = lock(&self.0.pending);
+        let was_empty = p.buf.is_empty();
+        // Writing into a Vec cannot fail.
+        let _ = p.buf.write_fmt(*line);
+        p.buf.push(b'\n');
+        self.appended(p, was_empty);
+    }
+
+    /// After a buffered (not durable) append: wakes the writer thread if it sleeps without a
+    /// timeout (the buffer was empty, so this record starts its interval) or if the buffer
+    /// is full enough to write at once.
+    fn appended(&self, mut p: MutexGuard<'_, Pending>, was_empty: bool) {
+        let full = p.buf.len() >= FLUSH_BYTES && !p.flush_now;
+        p.flush_now |= full;
+        drop(p);
+        if was_empty || full {
+            self.0.wake.notify_one();
+        }
+    }
+
+    /// Appends `line` (a whole record ending in `\n`, or nothing) and resolves once the write
+    /// carrying it, and everything buffered before it, has returned. `Err` says why not.
+    /// Must be called within a tokio runtime.
+    pub async fn append_durable(&self, line: &[u8]) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        let lead = {
+            let mut p = lock(&self.0.pending);
+            if p.closing {
+                return Err("the log is closed: the service is shutting down".into());
+            }
+            p.buf.extend_from_slice(line);
+            let end = p.buf.len();
+            p.acks.push((end, tx));
+            !std::mem::replace(&mut p.commit_scheduled, true)
+        };
+        if lead {
+            // Let the requests that are ready now add their records, then hand the batch to
+            // the writer thread. A task of its own, so the batch goes even if this request is
+            // dropped (its client went away) meanwhile. Were the writer woken here, it would
+            // preempt the runtime on a shared core and write batches of one.
+            let shared = Arc::clone(&self.0);
+            tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                lock(&shared.pending).flush_now = true;
+                shared.wake.notify_one();
+            });
+        }
+        rx.await
+            .unwrap_or_else(|_| Err("the log writer stopped before writing the record".into()))
+    }
+
+    /// Writes everything buffered so far; resolves when it is in the file.
+    pub async fn flush(&self) -> Result<(), String> {
+        self.append_durable(b"").await
+    }
+
+    /// Writes what is buffered to the current file, then opens the path anew (SIGHUP, after
+    /// logrotate renamed the file). Resolves once the new file is in use, or says why not.
+    pub async fn reopen(&self) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.0.pending).reopen.push(tx);
+        self.0.wake.notify_one();
+        rx.await
+            .unwrap_or_else(|_| Err("the log writer stopped before reopening".into()))
+    }
+
+    /// Writes everything buffered and stops the background thread. Later records are dropped.
+    pub fn close(&self) {
+        lock(&self.0.pending).closing = true;
+        self.0.wake.notify_one();
+        if let Some(handle) = lock(&self.0.writer).take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Locks `m`, ignoring poisoning: every critical section here leaves the data consistent.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The background thread: writes buffered records at most [`FLUSH_INTERVAL`] after they
+/// arrive, retries while the file is failing, reopens on request, and writes the rest on close.
+fn writer_loop(shared: &Shared) {
+    loop {
+        let (reopen, closing) = {
+            let mut p = lock(&shared.pending);
+            loop {
+                if p.flush_now || !p.reopen.is_empty() || p.closing {
+                    break;
+                }
+                let failing = shared.failed.load(Ordering::Acquire);
+                if p.buf.is_empty() && !failing {
+                    p = shared.wake.wait(p).unwrap_or_else(|e| e.into_inner());
+                    continue;
+                }
+                let (guard, timeout) = shared
+                    .wake
+                    .wait_timeout(p, FLUSH_INTERVAL)
+                    .unwrap_or_else(|e| e.into_inner());
+                p = guard;
+                if timeout.timed_out() {
+                    break;
+                }
+            }
+            (std::mem::take(&mut p.reopen), p.closing)
+        };
+        let mut out = commit(shared);
+        if !reopen.is_empty() {
+            let result = match open_append(&shared.path) {
+                Ok(f) => {
+                    out.file = f;
+                    Ok(())
+                }
+                Err(e) => {
+                    // Keep writing to the old file: a record there beats a record lost.
+                    let msg = open_error(&shared.path, &e).to_string();
+                    stderr::record(Level::Error, &msg);
+                    Err(msg)
+                }
+            };
+            for ack in reopen {
+                let _ = ack.send(result.clone());
+            }
+        }
+        if closing {
+            return;
+        }
+    }
+}
+
+/// Takes everything buffered and writes it in one `write`, then answers the durable appends
+/// it carried. Returns the output, still locked, for a reopen to follow without a gap.
+/// Runs on the writer thread only.
+fn commit(shared: &Shared) -> MutexGuard<'_, Output> {
+    let mut out = lock(&shared.output);
+    let out_ref = &mut *out;
+    let acks = {
+        let mut p = lock(&shared.pending);
+        std::mem::swap(&mut p.buf, &mut out_ref.batch);
+        p.commit_scheduled = false;
+        p.flush_now = false;
+        std::mem::take(&mut p.acks)
+    };
+    let failing = shared.failed.load(Ordering::Acquire);
+    if out_ref.batch.is_empty() && acks.is_empty() && !failing {
+        return out;
+    }
+
+    // While failing, lead every attempt with a notice, so that an idle service still probes
+    // the disk and its health recovers once a write goes through.
+    let mut offset = 0;
+    if failing {
+        let reason = lock(&shared.failure).clone().unwrap_or_default();
+        let mut notice = Vec::with_capacity(256);
+        let mut line = Line::start(&mut notice, Level::Warn, "log file writable again");
+        line.str("previous_error", &reason)
+            .u64("unwritten_records", out_ref.unwritten);
+        line.finish();
+        offset = notice.len();
+        out_ref.batch.splice(0..0, notice);
+    }
+
+    let (written, error) = write_batch(&mut out_ref.file, &out_ref.batch);
+    // The health state changes before any answer goes out: a client told 503 that then asks
+    // /health must hear 503 too.
+    match &error {
+        None => {
+            if failing {
+                shared.failed.store(false, Ordering::Release);
+                *lock(&shared.failure) = None;
+                out_ref.unwritten = 0;
+                log::warn!("log file {} is writable again", shared.path.display());
+            }
+        }
+        Some(e) => {
+            let unwritten_part = &out_ref.batch[written.max(offset)..];
+            out_ref.unwritten += unwritten_part.iter().filter(|&&b| b == b'\n').count() as u64;
+            let reason = format!("cannot write {}: {e}", shared.path.display());
+            if !failing {
+                // stderr directly: the file is what failed.
+                stderr::record(Level::Error, &reason);
+            }
+            *lock(&shared.failure) = Some(reason);
+            shared.failed.store(true, Ordering::Release);
+        }
+    }
+    for (end, ack) in acks {
+        let result = if end + offset <= written {
+            Ok(())
+        } else {
+            Err(format!(
+                "cannot write {}: {}",
+                shared.path.display(),
+                describe(&error)
+            ))
+        };
+        let _ = ack.send(result);
+    }
+    out_ref.batch.clear();
+    out
+}
+
+fn describe(error: &Option<io::Error>) -> String {
+    match error {
+        Some(e) => e.to_string(),
+        None => "an earlier record in the same write failed".into(),
+    }
+}
+
+/// Writes `buf` with as few `write` calls as the kernel allows (one, unless the disk fills).
+/// Returns how many bytes reached the file, and the error that stopped it. A line cut short by
+/// a failure is truncated away, so that the file never holds a torn record.
+fn write_batch(file: &mut File, buf: &[u8]) -> (usize, Option<io::Error>) {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.write(&buf[done..]) {
+            Ok(0) => return cut_torn_line(file, buf, done, io::ErrorKind::WriteZero.into()),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return cut_torn_line(file, buf, done, e),
+        }
+    }
+    (done, None)
+}
+
+fn cut_torn_line(file: &File, buf: &[u8], done: usize, e: io::Error) -> (usize, Option<io::Error>) {
+    let whole = buf[..done]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let torn = (done - whole) as u64;
+    if torn > 0 {
+        // Another process appending in this instant would lose its tail too; a full disk
+        // leaves no better choice, and without this the file would hold half a line.
+        if let Ok(meta) = file.metadata() {
+            let _ = file.set_len(meta.len().saturating_sub(torn));
+        }
+    }
+    (whole, Some(e))
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir)?;
+    }
+    let mut file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o644)
+        .open(path)?;
+    // A file whose last line was cut short (a crash or power loss mid-write, by an older
+    // writer) gets a newline first, so our first record is not glued onto the fragment.
+    let meta = file.metadata()?;
+    if meta.is_file() && meta.len() > 0 {
+        let mut last = [0u8; 1];
+        let read = File::open(path).and_then(|f| {
+            use std::os::unix::fs::FileExt;
+            f.read_exact_at(&mut last, meta.len() - 1)
+        });
+        if read.is_ok() && last[0] != b'\n' {
+            file.write_all(b"\n")?;
+        }
+    }
+    Ok(file)
+}
+
+/// The uid this process runs as, read from procfs (no libc needed; `/proc/self` belongs to it).
+fn current_uid() -> Option<u32> {
+    fs::metadata("/proc/self").ok().map(|m| m.uid())
+}
+
+fn open_error(path: &Path, e: &io::Error) -> OpenError {
+    let uid = current_uid().map_or_else(|| "unknown".to_string(), |u| u.to_string());
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    // Absolute, so that inside a container it reads `/app/logs`, the mount point.
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let hint = match e.kind() {
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => format!(
+            "make {} writable by uid {uid} (if it is a mounted host directory, on the host: `sudo chown {uid} <that directory>`; or run `api --prepare-logs {uid}:{uid}` as root, as compose's log-init does), or set LOG_FILE to a writable path",
+            dir.display(),
+        ),
+        _ => "check the path, or set LOG_FILE to a writable file".to_string(),
+    };
+    OpenError(format!(
+        "cannot open log file {} for appending as uid {uid}: {e}; {hint}",
+        path.display()
+    ))
+}

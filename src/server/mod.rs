@@ -1,0 +1,141 @@
+//! The accept loop: one tokio task per connection, served by hyper's HTTP/1.1 connection
+//! driver over a guarded socket (`conn`), at most `max_connections` at once, and a graceful
+//! drain on shutdown. hyper's own header timer is off: it allocates and registers a timer for
+//! every request, where `conn::Guarded` keeps one per connection.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::Request;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::routes::{self, App};
+use crate::shutdown::Shutdown;
+
+mod conn;
+
+use conn::{Activity, Drain, Guarded};
+
+/// Pause after an accept error that is not about one connection (e.g. out of file
+/// descriptors), so the loop waits for resources instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Serves `listener` until `shutdown` is requested, then stops accepting, lets in-flight
+/// requests finish within the grace period and closes idle connections. A second request or
+/// an expired grace period ends it early with an error naming the reason.
+pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -> io::Result<()> {
+    let mut http = http1::Builder::new();
+    http.header_read_timeout(None)
+        .keep_alive(true)
+        // Heads up to the configured limit reach our JSON 431; beyond this hyper answers alone.
+        // (So does a head of over 100 fields: raising hyper's field limit moves its parse
+        // buffer to the heap, a cost paid by every request.)
+        .max_buf_size(app.cfg.max_header_bytes + 8192);
+    let limit = Arc::new(Semaphore::new(app.cfg.max_connections));
+    let graceful = GracefulShutdown::new();
+    let drain = Arc::new(Drain::default());
+
+    loop {
+        // Take a permit before accepting: past the cap, clients wait in the listen backlog.
+        let permit = tokio::select! {
+            permit = limit.clone().acquire_owned() => {
+                permit.expect("the connection semaphore is never closed")
+            }
+            () = shutdown.requested() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    if !per_connection(&e) {
+                        log::warn!(error:% = e; "accept failed; pausing");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    }
+                    continue;
+                }
+            },
+            () = shutdown.requested() => break,
+        };
+        // Small JSON answers: don't let Nagle hold them back.
+        let _ = stream.set_nodelay(true);
+        let activity = Arc::new(Activity::new());
+        let io = Guarded::new(stream, Arc::clone(&activity), &drain, &app.cfg);
+        let app = Arc::clone(&app);
+        let service = service_fn(move |req: Request<Incoming>| {
+            let app = Arc::clone(&app);
+            let activity = Arc::clone(&activity);
+            activity.begin();
+            async move {
+                let resp = routes::handle(&app, req, peer).await;
+                activity.finish();
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        });
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(io), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                log::debug!(peer:% = peer, error:% = e; "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    // Connections without a request in progress (silent, idle, or mid-head) close now; hyper's
+    // graceful shutdown alone would wait for a head that may never come.
+    drain.start();
+
+    let grace = app.cfg.grace;
+    let open = app.cfg.max_connections - limit.available_permits();
+    log::info!(connections = open as u64, grace_ms = grace.as_millis() as u64; "draining");
+    tokio::select! {
+        () = graceful.shutdown() => {
+            log::info!("drained; shutting down");
+            Ok(())
+        }
+        () = tokio::time::sleep(grace) => {
+            let open = app.cfg.max_connections - limit.available_permits();
+            log::warn!(connections = open as u64; "grace period expired; closing the remaining connections");
+            Err(io::Error::other(format!("grace period of {grace:?} expired with {open} connections open")))
+        }
+        () = shutdown.forced() => {
+            log::warn!("second shutdown request; closing the remaining connections");
+            Err(io::Error::other("shutdown forced by a second signal"))
+        }
+    }
+}
+
+/// Errors that concern only the connection being accepted; the next accept may succeed.
+fn per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+/// Binds the configured address, naming it in the error.
+pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        let hint = match e.kind() {
+            io::ErrorKind::AddrInUse => {
+                "; another process holds it: stop that one or choose another --port/PORT"
+            }
+            io::ErrorKind::PermissionDenied => {
+                "; ports below 1024 need privileges: choose --port/PORT above 1023"
+            }
+            io::ErrorKind::AddrNotAvailable => "; no interface has that address: check --host/HOST",
+            _ => "",
+        };
+        io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}{hint}"))
+    })
+}
