@@ -11,8 +11,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use crate::kit::{self, Api, Conn, HANG, Next};
-use crate::support::{self, TempDir};
+use crate::kit::{self, Conn, HANG, Next};
+use crate::support::{self, Api, TempDir};
 
 /// How a slowloris client behaves.
 #[derive(Clone, Copy, Debug)]
@@ -87,10 +87,10 @@ async fn slowloris_is_cut_at_the_header_timeout_while_health_answers() {
         let status = if i % 2 == 1 {
             kit::health_status(addr, HANG).await
         } else {
-            match kept.roundtrip(kit::HEALTH).await {
-                Next::Response(r) => Some(r.status),
-                _ => None,
-            }
+            kept.roundtrip(kit::HEALTH)
+                .await
+                .response()
+                .map(|r| r.status)
         };
         assert_eq!(status, Some(200), "probe {i} during the slowloris");
         worst = worst.max(t.elapsed());
@@ -127,7 +127,7 @@ async fn slowloris_is_cut_at_the_header_timeout_while_health_answers() {
 async fn a_flood_past_the_cap_waits_and_the_cap_holds() {
     let dir = TempDir::new();
     let log = dir.0.join("api.log");
-    let api = Api::start(kit::api_command(
+    let api = Api::start(support::api_command(
         &dir.0,
         &log,
         &[("MAX_CONNECTIONS", "8"), ("HEADER_TIMEOUT", "20s")],
@@ -137,7 +137,7 @@ async fn a_flood_past_the_cap_waits_and_the_cap_holds() {
         assert_eq!(kit::health_status(addr, HANG).await, Some(200));
     }
     let base_sockets = settle_sockets(pid, None).await;
-    let base_rss = kit::status_field(pid, "VmRSS");
+    let base_rss = support::status_field(pid, "VmRSS");
 
     let mut holders = Vec::new();
     for _ in 0..8 {
@@ -163,7 +163,7 @@ async fn a_flood_past_the_cap_waits_and_the_cap_holds() {
         for (i, h) in holders.iter_mut().enumerate() {
             assert_eq!(h.roundtrip(kit::HEALTH).await.token(), "200", "holder {i}");
         }
-        peak = peak.max(kit::fds(pid).1 - base_sockets);
+        peak = peak.max(support::fds(pid).1 - base_sockets);
         assert!(
             peak <= 8,
             "round {round}: {peak} connections accepted with a cap of 8"
@@ -183,7 +183,7 @@ async fn a_flood_past_the_cap_waits_and_the_cap_holds() {
         let mut peak = 0;
         let start = Instant::now();
         while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(30) {
-            peak = peak.max(kit::fds(pid).1.saturating_sub(base_sockets));
+            peak = peak.max(support::fds(pid).1.saturating_sub(base_sockets));
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         peak
@@ -205,7 +205,7 @@ async fn a_flood_past_the_cap_waits_and_the_cap_holds() {
         "{drain_peak} connections accepted with a cap of 8"
     );
     let after = settle_sockets(pid, Some(base_sockets)).await;
-    let rss = kit::status_field(pid, "VmRSS");
+    let rss = support::status_field(pid, "VmRSS");
     eprintln!(
         "flood: 200 answered; peak accepted {peak} while held, {drain_peak} while draining; sockets {base_sockets} -> {after}; \
          RSS {base_rss} -> {rss} KiB"
@@ -220,10 +220,10 @@ async fn a_flood_past_the_cap_waits_and_the_cap_holds() {
 /// Waits until the socket count of `pid` stops changing (or reaches `target`); returns it.
 async fn settle_sockets(pid: u32, target: Option<usize>) -> usize {
     let start = Instant::now();
-    let mut last = kit::fds(pid).1;
+    let mut last = support::fds(pid).1;
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = kit::fds(pid).1;
+        let now = support::fds(pid).1;
         let done = match target {
             Some(t) => now <= t,
             None => now == last,
@@ -301,7 +301,7 @@ async fn slow_bodies_get_408_while_others_are_served() {
     for i in 0..40 {
         fast.spawn(async move {
             tokio::time::sleep(Duration::from_millis(20 * i)).await;
-            support::post_event(addr, r#"{"type":"fast.event"}"#)
+            kit::post_event(addr, r#"{"type":"fast.event"}"#)
                 .await
                 .status
         });
@@ -402,7 +402,7 @@ async fn vanish(addr: SocketAddr, how: Vanish, n: usize) {
 async fn vanishing_clients_leave_nothing_behind() {
     let dir = TempDir::new();
     let log = dir.0.join("api.log");
-    let mut api = Api::start(kit::api_command(
+    let mut api = Api::start(support::api_command(
         &dir.0,
         &log,
         &[("HEADER_TIMEOUT", "2s"), ("BODY_TIMEOUT", "2s")],
@@ -410,13 +410,13 @@ async fn vanishing_clients_leave_nothing_behind() {
     let (addr, pid) = (api.addr, api.pid());
     for _ in 0..50 {
         assert_eq!(
-            support::post_event(addr, r#"{"type":"warm"}"#).await.status,
+            kit::post_event(addr, r#"{"type":"warm"}"#).await.status,
             201
         );
     }
     let base_sockets = settle_sockets(pid, None).await;
-    let base_threads = kit::status_field(pid, "Threads");
-    let base_rss = kit::status_field(pid, "VmRSS");
+    let base_threads = support::status_field(pid, "Threads");
+    let base_rss = support::status_field(pid, "VmRSS");
 
     for round in 0..5 {
         let mut set = JoinSet::new();
@@ -430,8 +430,8 @@ async fn vanishing_clients_leave_nothing_behind() {
     }
     // Every connection is gone within the timeouts (2 s), plus margin.
     let after = settle_sockets(pid, Some(base_sockets)).await;
-    let threads = kit::status_field(pid, "Threads");
-    let rss = kit::status_field(pid, "VmRSS");
+    let threads = support::status_field(pid, "Threads");
+    let rss = support::status_field(pid, "VmRSS");
     eprintln!(
         "vanish: 400 clients; sockets {base_sockets} -> {after}; threads {base_threads} -> \
          {threads}; RSS {base_rss} -> {rss} KiB"
@@ -445,9 +445,7 @@ async fn vanishing_clients_leave_nothing_behind() {
         "RSS grew from {base_rss} to {rss} KiB"
     );
     assert_eq!(
-        support::post_event(addr, r#"{"type":"after"}"#)
-            .await
-            .status,
+        kit::post_event(addr, r#"{"type":"after"}"#).await.status,
         201
     );
 
@@ -470,14 +468,14 @@ async fn vanishing_clients_leave_nothing_behind() {
 async fn running_out_of_descriptors_does_not_spin_and_recovers() {
     let dir = TempDir::new();
     let log = dir.0.join("api.log");
-    let mut api = Api::start(kit::api_command(
+    let mut api = Api::start(support::api_command(
         &dir.0,
         &log,
         &[("HEADER_TIMEOUT", "30s"), ("IDLE_TIMEOUT", "30s")],
     ));
     let (addr, pid) = (api.addr, api.pid());
     assert_eq!(kit::health_status(addr, HANG).await, Some(200));
-    let limit = kit::fds(pid).0 + 24;
+    let limit = support::fds(pid).0 + 24;
     let ok = std::process::Command::new("prlimit")
         .args([format!("--pid={pid}"), format!("--nofile={limit}:{limit}")])
         .status()
@@ -491,12 +489,12 @@ async fn running_out_of_descriptors_does_not_spin_and_recovers() {
     // Give it time to fill its table, then measure CPU use while it is full.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        kit::fds(pid).0 >= limit - 1,
+        support::fds(pid).0 >= limit - 1,
         "the descriptor table did not fill"
     );
-    let cpu0 = kit::cpu_time(pid);
+    let cpu0 = support::cpu_time(pid);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let used = kit::cpu_time(pid) - cpu0;
+    let used = support::cpu_time(pid) - cpu0;
     eprintln!("emfile: {used:?} of CPU in 2 s with a full descriptor table");
     assert!(
         used < Duration::from_secs(1),

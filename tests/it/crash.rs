@@ -15,8 +15,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use crate::kit::{self, Api, Conn, HANG, Next};
-use crate::support::{self, TempDir};
+use crate::kit::{self, Conn, HANG, Next};
+use crate::support::{self, Api, TempDir};
 
 /// What became of one POST /events.
 #[derive(Debug)]
@@ -224,7 +224,7 @@ async fn kill_9_under_load_loses_no_acknowledged_event_and_tears_no_line() {
     let mut acked = Vec::new();
     let mut sent_total = 0;
     for round in 0..8 {
-        let api = Api::start(kit::api_command(&dir.0, &log, &[]));
+        let api = Api::start(support::api_command(&dir.0, &log, &[]));
         let load = Load::default();
         let clients = start_load(api.addr, 16, &format!("kill.r{round}"), &load, mixed_pad);
         load.until_acked(50 + 40 * round).await;
@@ -239,8 +239,8 @@ async fn kill_9_under_load_loses_no_acknowledged_event_and_tears_no_line() {
         acked.extend(acked_ids(&sent));
     }
     // A clean restart appends to the same file.
-    let mut api = Api::start(kit::api_command(&dir.0, &log, &[]));
-    let after = support::post_event(api.addr, r#"{"type":"after.restart"}"#).await;
+    let mut api = Api::start(support::api_command(&dir.0, &log, &[]));
+    let after = kit::post_event(api.addr, r#"{"type":"after.restart"}"#).await;
     assert_eq!(after.status, 201);
     api.signal("TERM");
     assert_eq!(api.wait_exit(HANG), Some(0));
@@ -271,7 +271,7 @@ async fn kill_9_under_load_loses_no_acknowledged_event_and_tears_no_line() {
 async fn sigterm_under_load_completes_accepted_requests_and_flushes() {
     let dir = TempDir::new();
     let log = dir.0.join("logs/api.log");
-    let mut api = Api::start(kit::api_command(
+    let mut api = Api::start(support::api_command(
         &dir.0,
         &log,
         &[("GRACE", "5s"), ("BODY_TIMEOUT", "20s")],
@@ -480,7 +480,7 @@ async fn a_full_disk_answers_503_and_recovers_when_space_returns() {
             for n in 0..400 {
                 let pad = "f".repeat((c * 389 + n * 97) % 3000);
                 let body = format!(r#"{{"type":"full","data":{{"c":{c},"n":{n},"pad":"{pad}"}}}}"#);
-                let r = support::post_event(addr, &body).await;
+                let r = kit::post_event(addr, &body).await;
                 statuses.push(r.status);
                 if r.status == 201 {
                     ids.push(r.json()["id"].as_str().unwrap().to_string());
@@ -519,11 +519,11 @@ async fn a_full_disk_answers_503_and_recovers_when_space_returns() {
     // Still full: bigger than any page's leftover, so each needs space that is not there.
     for _ in 0..5 {
         let big = format!(r#"{{"type":"full.big","data":"{}"}}"#, "b".repeat(6000));
-        let r = support::post_event(addr, &big).await;
+        let r = kit::post_event(addr, &big).await;
         assert_eq!(r.status, 503, "an event on a full disk");
         assert!(r.json()["error"].as_str().is_some_and(|e| !e.is_empty()));
     }
-    let health = support::get(addr, "/health").await;
+    let health = kit::get(addr, "/health").await;
     assert_eq!(health.status, 503, "/health on a full disk");
     assert_eq!(health.json()["status"], "unavailable");
     assert!(
@@ -549,7 +549,7 @@ async fn a_full_disk_answers_503_and_recovers_when_space_returns() {
     // Space returns: health recovers without a restart, events are accepted again.
     std::fs::remove_file(&filler).unwrap();
     assert!(health_becomes(addr, 200).await, "/health did not recover");
-    let r = support::post_event(addr, r#"{"type":"full.after"}"#).await;
+    let r = kit::post_event(addr, r#"{"type":"full.after"}"#).await;
     assert_eq!(r.status, 201);
     server
         .sink
@@ -583,25 +583,21 @@ async fn a_disk_full_at_startup_is_unhealthy_until_space_returns() {
         while f.write_all(&block).is_ok() {}
     }
     let log = mnt.join("api.log");
-    let mut api = Api::start(kit::api_command(&dir.0, &log, &[]));
+    let mut api = Api::start(support::api_command(&dir.0, &log, &[]));
     let addr = api.addr;
     assert!(
         health_becomes(addr, 503).await,
         "/health on a disk full from the start"
     );
     assert_eq!(
-        support::post_event(addr, r#"{"type":"early"}"#)
-            .await
-            .status,
+        kit::post_event(addr, r#"{"type":"early"}"#).await.status,
         503
     );
 
     std::fs::remove_file(&filler).unwrap();
     assert!(health_becomes(addr, 200).await, "/health did not recover");
     assert_eq!(
-        support::post_event(addr, r#"{"type":"later"}"#)
-            .await
-            .status,
+        kit::post_event(addr, r#"{"type":"later"}"#).await.status,
         201
     );
     api.signal("TERM");
@@ -735,7 +731,7 @@ fn unwritable_log_locations_exit_1_with_one_line() {
 async fn rotation_under_load_loses_no_record() {
     let dir = TempDir::new();
     let log = dir.0.join("logs/api.log");
-    let mut api = Api::start(kit::api_command(&dir.0, &log, &[]));
+    let mut api = Api::start(support::api_command(&dir.0, &log, &[]));
     let load = Load::default();
     let clients = start_load(api.addr, 8, "rot", &load, mixed_pad);
     let mut files = Vec::new();
@@ -822,7 +818,7 @@ async fn four_processes_append_100k_records_without_a_torn_line() {
     let dir = TempDir::new();
     let log = dir.0.join("logs/api.log");
     let mut apis: Vec<Api> = (0..PROCS)
-        .map(|_| Api::start(kit::api_command(&dir.0, &log, &[])))
+        .map(|_| Api::start(support::api_command(&dir.0, &log, &[])))
         .collect();
     let started = Instant::now();
     let mut set = JoinSet::new();
@@ -935,7 +931,7 @@ async fn a_stalled_log_write_does_not_freeze_the_service() {
             total
         })
     };
-    let mut api = Api::start(kit::api_command(&dir.0, &fifo, &[("WORKERS", "2")]));
+    let mut api = Api::start(support::api_command(&dir.0, &fifo, &[("WORKERS", "2")]));
     let addr = api.addr;
     // Fill the pipe: events of 60 KiB each, on their own connections, left waiting.
     let mut events = JoinSet::new();
@@ -987,7 +983,7 @@ async fn a_stalled_log_write_does_not_freeze_the_service() {
 async fn sigterm_does_not_wait_for_clients_that_sent_no_whole_request() {
     let dir = TempDir::new();
     let log = dir.0.join("api.log");
-    let mut api = Api::start(kit::api_command(
+    let mut api = Api::start(support::api_command(
         &dir.0,
         &log,
         &[
@@ -1028,8 +1024,8 @@ async fn a_restart_does_not_glue_records_onto_a_torn_last_line() {
     std::fs::create_dir_all(log.parent().unwrap()).unwrap();
     let fragment = r#"{"ts":"2026-01-01T00:00:00.000Z","level":"info","msg":"event","id":"0"#;
     std::fs::write(&log, format!("{{\"msg\":\"before\"}}\n{fragment}")).unwrap();
-    let mut api = Api::start(kit::api_command(&dir.0, &log, &[]));
-    let r = support::post_event(api.addr, r#"{"type":"after.torn"}"#).await;
+    let mut api = Api::start(support::api_command(&dir.0, &log, &[]));
+    let r = kit::post_event(api.addr, r#"{"type":"after.torn"}"#).await;
     assert_eq!(r.status, 201);
     api.signal("TERM");
     assert_eq!(api.wait_exit(HANG), Some(0));
@@ -1056,7 +1052,7 @@ async fn a_broken_stderr_does_not_hide_a_failing_log() {
     let mnt = dir.0.join("small");
     let _fs = Tmpfs::mount(&mnt, "size=64k,mode=0755");
     let log = mnt.join("api.log");
-    let mut cmd = kit::api_command(&dir.0, &log, &[]);
+    let mut cmd = support::api_command(&dir.0, &log, &[]);
     cmd.stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().expect("the api binary starts");
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
@@ -1078,7 +1074,7 @@ async fn a_broken_stderr_does_not_hide_a_failing_log() {
         let mut f = std::fs::File::create(mnt.join("filler")).unwrap();
         while f.write_all(&[0u8; 4096]).is_ok() {}
     }
-    let r = support::post_event(
+    let r = kit::post_event(
         addr,
         &format!(r#"{{"type":"x","data":"{}"}}"#, "d".repeat(8000)),
     )
@@ -1101,10 +1097,10 @@ async fn a_broken_stderr_does_not_hide_a_failing_log() {
 async fn a_deleted_log_comes_back_on_sighup_and_a_sighup_storm_leaks_nothing() {
     let dir = TempDir::new();
     let log = dir.0.join("logs/api.log");
-    let mut api = Api::start(kit::api_command(&dir.0, &log, &[]));
+    let mut api = Api::start(support::api_command(&dir.0, &log, &[]));
     let (addr, pid) = (api.addr, api.pid());
     assert_eq!(
-        support::post_event(addr, r#"{"type":"before.rm"}"#)
+        kit::post_event(addr, r#"{"type":"before.rm"}"#)
             .await
             .status,
         201
@@ -1120,13 +1116,11 @@ async fn a_deleted_log_comes_back_on_sighup_and_a_sighup_storm_leaks_nothing() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(
-        support::post_event(addr, r#"{"type":"after.rm"}"#)
-            .await
-            .status,
+        kit::post_event(addr, r#"{"type":"after.rm"}"#).await.status,
         201
     );
     assert_eq!(kit::health_status(addr, HANG).await, Some(200));
-    let base_fds = kit::fds(pid).0;
+    let base_fds = support::fds(pid).0;
 
     let load = Load::default();
     let clients = start_load(addr, 4, "storm", &load, mixed_pad);
@@ -1139,7 +1133,7 @@ async fn a_deleted_log_comes_back_on_sighup_and_a_sighup_storm_leaks_nothing() {
     let sent = join_all(clients).await;
     // Reopens are served one by one; wait for the last before counting descriptors.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let fds = kit::fds(pid).0;
+    let fds = support::fds(pid).0;
     api.signal("TERM");
     assert_eq!(api.wait_exit(HANG), Some(0));
     assert!(

@@ -12,8 +12,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
-use crate::kit::{self, Conn, Next};
-use crate::support::{self, Resp};
+use crate::kit::{self, Conn, Next, Resp};
+use crate::support;
 
 /// The table, next to the test sources.
 const TABLE: &str = include_str!("../data/hostile.txt");

@@ -1,17 +1,42 @@
-//! The raw-socket client the fault tests share (hostile, abuse, crash): a connection that
-//! keeps what it has read beyond one response (so pipelined answers are not lost), and
-//! helpers around the `api` binary as a child process.
+//! The HTTP/1.1 client every test uses, over raw sockets so that tests control every byte
+//! and see exactly what the server sends: a connection that keeps what it has read beyond one
+//! response (so pipelined answers are not lost), and one-shot requests on a new connection.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::Resp;
-
 /// The longest any single read may take before a test calls it a hang.
 pub const HANG: Duration = Duration::from_secs(10);
+
+/// One parsed HTTP response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
 
 /// What came next on a connection.
 #[derive(Debug)]
@@ -34,6 +59,14 @@ impl Next {
             Next::Closed => "close".into(),
             Next::Truncated => "truncated".into(),
             Next::TimedOut => "timeout".into(),
+        }
+    }
+
+    /// The response, or `None` if no whole one came (closed, cut short or too late).
+    pub fn response(self) -> Option<Resp> {
+        match self {
+            Next::Response(r) => Some(r),
+            _ => None,
         }
     }
 }
@@ -142,14 +175,11 @@ impl<R: AsyncRead + Unpin> Conn<R> {
                 self.buf.drain(..n).collect()
             }
             None => {
-                loop {
-                    match self.fill(deadline).await {
-                        None => return Next::TimedOut,
-                        Some(false) => break,
-                        Some(true) => {}
-                    }
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match self.until_eof(left).await {
+                    Some(rest) => rest,
+                    None => return Next::TimedOut,
                 }
-                std::mem::take(&mut self.buf)
             }
         };
         Next::Response(Resp {
@@ -157,6 +187,14 @@ impl<R: AsyncRead + Unpin> Conn<R> {
             headers,
             body,
         })
+    }
+
+    /// Everything up to EOF, including what is already buffered; `None` if the peer has not
+    /// closed within `limit`.
+    pub async fn until_eof(&mut self, limit: Duration) -> Option<Vec<u8>> {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.fill(deadline).await? {}
+        Some(std::mem::take(&mut self.buf))
     }
 
     /// Whether the peer closes within `limit` without sending anything more.
@@ -193,53 +231,64 @@ pub async fn health_status(addr: SocketAddr, limit: Duration) -> Option<u16> {
     let attempt = async {
         let mut conn = Conn::open(addr).await.ok()?;
         conn.io.write_all(HEALTH).await.ok()?;
-        match conn.next(limit).await {
-            Next::Response(r) => Some(r.status),
-            _ => None,
-        }
+        conn.next(limit).await.response().map(|r| r.status)
     };
     tokio::time::timeout(limit, attempt).await.ok().flatten()
 }
 
-pub use crate::support::{Api, api_command};
-
-/// Open file descriptors of `pid`: (all, sockets).
-pub fn fds(pid: u32) -> (usize, usize) {
-    let mut all = 0;
-    let mut sockets = 0;
-    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
-        for entry in dir.flatten() {
-            all += 1;
-            if std::fs::read_link(entry.path())
-                .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
-            {
-                sockets += 1;
-            }
-        }
+/// Sends `method path` with `headers` and `body` on a new connection (`Connection: close`).
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Resp {
+    let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        raw.push_str(&format!("{k}: {v}\r\n"));
     }
-    (all, sockets)
+    if !body.is_empty() || method == "POST" {
+        raw.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    raw.push_str("\r\n");
+    let mut bytes = raw.into_bytes();
+    bytes.extend_from_slice(body);
+    if method != "HEAD" {
+        return send_raw(addr, &bytes).await.expect("the server answers");
+    }
+    let mut conn = Conn::open(addr).await.expect("the server accepts");
+    conn.io.write_all(&bytes).await.expect("the server reads");
+    let mut r = conn
+        .next_head(HANG)
+        .await
+        .response()
+        .expect("the server answers");
+    // Whatever comes before the close is a body, which a HEAD answer must not have.
+    r.body = conn.until_eof(HANG).await.expect("the server closes");
+    r
 }
 
-/// A field of `/proc/<pid>/status` in its unit (kB for memory), e.g. `VmRSS`, `Threads`.
-pub fn status_field(pid: u32, field: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {field} for pid {pid}"))
+pub async fn get(addr: SocketAddr, path: &str) -> Resp {
+    request(addr, "GET", path, &[], b"").await
 }
 
-/// CPU time (user + system) `pid` has used so far.
-pub fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the process runs");
-    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-    let rest = &stat[stat.rfind(')').expect("stat has a comm") + 2..];
-    let f: Vec<u64> = rest
-        .split(' ')
-        .skip(11)
-        .take(2)
-        .map(|v| v.parse().unwrap())
-        .collect();
-    // USER_HZ is 100 on every Linux ABI that matters here.
-    Duration::from_millis((f[0] + f[1]) * 10)
+/// POSTs a JSON body to /events.
+pub async fn post_event(addr: SocketAddr, body: &str) -> Resp {
+    request(
+        addr,
+        "POST",
+        "/events",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    )
+    .await
+}
+
+/// Writes `bytes` on a new connection and reads one response (`None`: no whole one came).
+pub async fn send_raw(addr: SocketAddr, bytes: &[u8]) -> Option<Resp> {
+    let mut conn = Conn::open(addr).await.expect("the server accepts");
+    // The server may answer and close before taking all of a refused body.
+    let _ = conn.io.write_all(bytes).await;
+    conn.next(HANG).await.response()
 }

@@ -3,6 +3,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::kit::*;
 use crate::support::*;
 
 /// Waits for the server to close `s`; true if it did within `limit`.
@@ -79,9 +80,9 @@ async fn oversized_head_is_431() {
 #[tokio::test]
 async fn slow_body_is_408() {
     let srv = start_server_with(&[("BODY_TIMEOUT", "300ms")]).await;
-    let mut s = TcpStream::connect(srv.addr).await.unwrap();
-    s.write_all(b"POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 20\r\n\r\n{\"ty").await.unwrap();
-    let r = read_response(&mut s).await.expect("a 408 answer");
+    let mut s = Conn::open(srv.addr).await.unwrap();
+    s.io.write_all(b"POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 20\r\n\r\n{\"ty").await.unwrap();
+    let r = s.next(HANG).await.response().expect("a 408 answer");
     assert_eq!(r.status, 408);
     assert!(r.json()["error"].as_str().unwrap().contains("in time"));
 }
@@ -124,7 +125,7 @@ async fn silent_connection_is_dropped() {
 #[tokio::test]
 async fn idle_keep_alive_is_closed_after_idle_timeout() {
     let srv = start_server_with(&[("HEADER_TIMEOUT", "200ms"), ("IDLE_TIMEOUT", "1500ms")]).await;
-    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    let mut s = Conn::open(srv.addr).await.unwrap();
     let opened = Instant::now();
     // Requests 1 s apart: well past the header timeout, and, from the third on, past
     // IDLE_TIMEOUT since the connection opened, but never idle for that long.
@@ -132,10 +133,8 @@ async fn idle_keep_alive_is_closed_after_idle_timeout() {
         if i > 0 {
             tokio::time::sleep(Duration::from_millis(1000)).await;
         }
-        s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
-            .await
-            .unwrap();
-        let resp = read_response(&mut s).await;
+        s.io.write_all(HEALTH).await.unwrap();
+        let resp = s.next(HANG).await.response();
         assert_eq!(
             resp.unwrap_or_else(|| panic!("closed before request {i}, idle for 1 s"))
                 .status,
@@ -145,7 +144,7 @@ async fn idle_keep_alive_is_closed_after_idle_timeout() {
     assert!(opened.elapsed() > Duration::from_millis(1500));
     // ...and closed once idle for IDLE_TIMEOUT, not before.
     let idle = Instant::now();
-    assert!(closed_within(&mut s, Duration::from_secs(10)).await);
+    assert!(closed_within(&mut s.io, Duration::from_secs(10)).await);
     assert!(
         idle.elapsed() >= Duration::from_millis(1000),
         "closed after {:?} idle, before IDLE_TIMEOUT",
@@ -159,11 +158,9 @@ async fn connection_cap_makes_clients_wait() {
     let srv = start_server_with(&[("MAX_CONNECTIONS", "2")]).await;
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut s = TcpStream::connect(srv.addr).await.unwrap();
-        s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
-            .await
-            .unwrap();
-        assert_eq!(read_response(&mut s).await.unwrap().status, 200);
+        let mut s = Conn::open(srv.addr).await.unwrap();
+        s.io.write_all(HEALTH).await.unwrap();
+        assert_eq!(s.next(HANG).await.response().unwrap().status, 200);
         held.push(s);
     }
     let waiting = tokio::spawn(async move { get(srv.addr, "/health").await.status });

@@ -2,6 +2,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::kit::*;
 use crate::routes::is_rfc3339_millis;
 use crate::support::*;
 

@@ -1,7 +1,8 @@
 //! The integration tests: one crate, one module per area, all over real sockets and files.
 
-/// The raw-socket client and process helpers of the fault tests.
+/// The HTTP/1.1 client over raw sockets.
 mod kit;
+/// The service under test, in process or as a child, and what it leaves behind.
 mod support;
 
 /// Slow, vanishing and flooding clients.

@@ -3,6 +3,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::kit::*;
 use crate::support::*;
 
 fn run_api(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Output {

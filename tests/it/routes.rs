@@ -1,7 +1,6 @@
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
+use crate::kit::*;
 use crate::support::*;
 
 /// An RFC 3339 UTC timestamp with milliseconds, e.g. `2026-11-26T05:20:15.123Z`.
@@ -215,13 +214,12 @@ async fn request_id_round_trip() {
 #[tokio::test]
 async fn keep_alive_serves_many_requests() {
     let srv = start_server().await;
-    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    let mut s = Conn::open(srv.addr).await.unwrap();
     for _ in 0..5 {
-        s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        let r = s
+            .roundtrip(HEALTH)
             .await
-            .unwrap();
-        let r = read_response(&mut s)
-            .await
+            .response()
             .expect("an answer on the same connection");
         assert_eq!(r.status, 200);
     }

@@ -1,6 +1,6 @@
-//! Shared helpers: an in-process server on 127.0.0.1:0 with its own log file, the `api`
-//! binary as a child process, and a small HTTP/1.1 client over raw sockets (so tests control
-//! every byte and see exactly what the server sends).
+//! The service under test and what it leaves behind: an in-process server on 127.0.0.1:0
+//! with its own log file, the `api` binary as a child process, its log records, and what
+//! `/proc` says about it. Requests go through [`crate::kit`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,8 +14,6 @@ use api::logging::Sink;
 use api::routes::App;
 use api::shutdown::{self, Trigger};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 /// A scratch directory removed on drop.
@@ -110,123 +108,6 @@ pub fn read_records(path: &Path) -> Vec<Value> {
     text.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("invalid log line {l:?}: {e}")))
         .collect()
-}
-
-/// One parsed HTTP response.
-#[derive(Debug)]
-pub struct Resp {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Resp {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "body is not JSON ({e}): {:?}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-}
-
-/// Sends `method path` with `headers` and `body` on a new connection.
-pub async fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Resp {
-    let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        raw.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if !body.is_empty() || method == "POST" {
-        raw.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    raw.push_str("\r\n");
-    let mut bytes = raw.into_bytes();
-    bytes.extend_from_slice(body);
-    send_raw(addr, &bytes).await.expect("the server answers")
-}
-
-pub async fn get(addr: SocketAddr, path: &str) -> Resp {
-    request(addr, "GET", path, &[], b"").await
-}
-
-/// POSTs a JSON body to /events.
-pub async fn post_event(addr: SocketAddr, body: &str) -> Resp {
-    request(
-        addr,
-        "POST",
-        "/events",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    )
-    .await
-}
-
-/// Writes `bytes` on a new connection and reads one response (`None`: closed without one).
-pub async fn send_raw(addr: SocketAddr, bytes: &[u8]) -> Option<Resp> {
-    let mut stream = TcpStream::connect(addr).await.expect("the server accepts");
-    // The server may answer and close before taking all of a refused body.
-    let _ = stream.write_all(bytes).await;
-    read_response(&mut stream).await
-}
-
-/// Reads one response from `stream`: head, then a Content-Length body (or to EOF).
-pub async fn read_response(stream: &mut TcpStream) -> Option<Resp> {
-    let mut buf = Vec::new();
-    let deadline = Duration::from_secs(10);
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let mut chunk = [0u8; 4096];
-        match tokio::time::timeout(deadline, stream.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return None,
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-            Err(_) => panic!("no response within {deadline:?}"),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let mut lines = head.split("\r\n");
-    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let mut body = buf[head_end..].to_vec();
-    let len = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.parse::<usize>().ok());
-    loop {
-        if len.is_some_and(|n| body.len() >= n) {
-            body.truncate(len.unwrap());
-            break;
-        }
-        let mut chunk = [0u8; 4096];
-        match tokio::time::timeout(deadline, stream.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break,
-            Ok(Ok(n)) => body.extend_from_slice(&chunk[..n]),
-            Err(_) => panic!("response body not complete within {deadline:?}"),
-        }
-    }
-    Some(Resp {
-        status,
-        headers,
-        body,
-    })
 }
 
 /// Polls `cond` every 10 ms for up to `limit`; true if it held.
@@ -367,4 +248,45 @@ impl Drop for Api {
 /// Starts the binary in `dir` with `LOG_FILE=dir/logs/api.log` and `env`.
 pub fn spawn_api(dir: &Path, env: &[(&str, &str)]) -> Api {
     Api::start(api_command(dir, &dir.join("logs/api.log"), env))
+}
+
+/// Open file descriptors of `pid`: (all, sockets).
+pub fn fds(pid: u32) -> (usize, usize) {
+    let mut all = 0;
+    let mut sockets = 0;
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for entry in dir.flatten() {
+            all += 1;
+            if std::fs::read_link(entry.path())
+                .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+            {
+                sockets += 1;
+            }
+        }
+    }
+    (all, sockets)
+}
+
+/// A field of `/proc/<pid>/status` in its unit (kB for memory), e.g. `VmRSS`, `Threads`.
+pub fn status_field(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} for pid {pid}"))
+}
+
+/// CPU time (user + system) `pid` has used so far.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the process runs");
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = &stat[stat.rfind(')').expect("stat has a comm") + 2..];
+    let f: Vec<u64> = rest
+        .split(' ')
+        .skip(11)
+        .take(2)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    // USER_HZ is 100 on every Linux ABI that matters here.
+    Duration::from_millis((f[0] + f[1]) * 10)
 }
