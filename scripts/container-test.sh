@@ -3,7 +3,9 @@
 # image contract, runs the compose stack under its own project name and host port, and proves
 # the runtime properties (routes from the host and from a sibling container, uid 10001,
 # read-only root, logs on the host that survive restart and down/up, unhealthy on a full log
-# disk, fast clean `docker stop`, restart after kill -9, first run by a normal user).
+# disk, fast clean `docker stop`, restart after kill -9, first run by a normal user), and runs
+# the README's plain `docker run` recipe (its own network, --prepare-logs, the hardened run, a
+# sibling calling it by container name, the log readable on the host) with the same flags.
 # Prints PASS/FAIL per check, then "N passed, N failed"; exits 1 if any check failed.
 # Removes its containers, networks, temp dirs, mounts and test user, even on failure.
 #
@@ -17,7 +19,8 @@
 #   CURL_IMAGE    [curlimages/curl:8.11.1]   image whose entrypoint is curl, for sibling calls
 #   COMPOSE       [docker-compose]           compose command
 #   DOCKER        [docker]                   docker CLI (BuildKit check uses DOCKER_BUILDKIT=1)
-#   CT_PORT [18080], CT_USER_PORT [18081]    host ports, published on 127.0.0.1 only
+#   CT_PORT [18080], CT_USER_PORT [18081], CT_RUN_PORT [18082]
+#                                            host ports, published on 127.0.0.1 only
 #   CT_IMAGE [api:ctest]                     tag of the image under test (removed afterwards)
 #   CT_BUILDKIT [1]                          also build with BuildKit (0 to skip)
 #   CT_MAX_IMAGE_BYTES [1048576]             image size budget
@@ -32,9 +35,12 @@ read -ra COMPOSE <<<"${COMPOSE:-docker-compose}"
 DOCKER=${DOCKER:-docker}
 PORT=${CT_PORT:-18080}
 USER_PORT=${CT_USER_PORT:-18081}
+RUN_PORT=${CT_RUN_PORT:-18082}  # the docker run recipe's
 IMAGE=${CT_IMAGE:-api:ctest}
 PROJECT=apictest$$            # compose project: containers, network and labels are ours alone
 UPROJECT=${PROJECT}u          # the normal user's stack
+RUN_NET=$PROJECT-net          # the docker run recipe's network and container
+RUN_NAME=$PROJECT-api
 TUSER=apictest                # throwaway normal user (root only), marked by its GECOS field
 TUSER_MARK="api container test, throwaway"
 MAX_IMAGE_BYTES=${CT_MAX_IMAGE_BYTES:-1048576}   # the issue's target: 1 MiB
@@ -71,6 +77,8 @@ cleanup() {
     done
   done
   for c in $("$DOCKER" ps -aq --filter "label=api-ctest=$PROJECT"); do "$DOCKER" rm -f "$c" >/dev/null; done
+  "$DOCKER" rm -f "$RUN_NAME" >/dev/null 2>&1
+  "$DOCKER" network rm "$RUN_NET" >/dev/null 2>&1
   [ -n "$mounted" ] && umount "$mounted"
   rm -rf "$WORK"
   [ -n "$created_user" ] && userdel -r "$TUSER" 2>/dev/null
@@ -149,7 +157,9 @@ note "preflight"
 "${COMPOSE[@]}" version >/dev/null 2>&1 || die "${COMPOSE[*]} not found"
 for tool in curl python3; do command -v "$tool" >/dev/null || die "$tool is needed on the host"; done
 figure "engine $("$DOCKER" version -f '{{.Server.Version}}'); compose: $("${COMPOSE[@]}" version --short 2>/dev/null || "${COMPOSE[@]}" version | head -n 1)"
-for p in "$PORT" "$USER_PORT"; do port_free "$p" || die "127.0.0.1:$p is in use (set CT_PORT / CT_USER_PORT)"; done
+for p in "$PORT" "$USER_PORT" "$RUN_PORT"; do
+  port_free "$p" || die "127.0.0.1:$p is in use (set CT_PORT / CT_USER_PORT / CT_RUN_PORT)"
+done
 "$DOCKER" image inspect "$CURL_IMAGE" >/dev/null 2>&1 || "$DOCKER" pull -q "$CURL_IMAGE" >/dev/null ||
   die "no curl image $CURL_IMAGE (set CURL_IMAGE)"
 
@@ -223,7 +233,57 @@ if [ "${CT_BUILDKIT:-1}" = 1 ]; then
   fi
 fi
 
-# ---- 2. compose up, healthy ----------------------------------------------------------------
+# ---- 2. the README's plain `docker run` recipe ---------------------------------------------
+# The commands of README "Without compose: docker run", flag for flag; only the image tag, the
+# names, the host port and the curl image are this run's own. The log directory is made by
+# the engine (root-owned), the case --prepare-logs is there for.
+note "docker run recipe (network $RUN_NET, 127.0.0.1:$RUN_PORT)"
+RUNDIR=$WORK/run
+mkdir -p "$RUNDIR" && cp -a "$DIR/." "$RUNDIR/" && rm -rf "$RUNDIR/logs"
+images+=("$IMAGE-run")
+# Each step runs in $RUNDIR, so "$PWD/logs" is the recipe's ./logs.
+if ! (cd "$RUNDIR" && timeout 1800 "$DOCKER" build -q --build-arg "BUILDER_IMAGE=$BUILDER_IMAGE" \
+  -t "$IMAGE-run" .) >"$WORK/run-build.log" 2>&1; then
+  tail -n 20 "$WORK/run-build.log"; fail "recipe: docker build"
+elif ! "$DOCKER" network create "$RUN_NET" >/dev/null; then
+  fail "recipe: docker network create $RUN_NET"
+else
+  out=$(cd "$RUNDIR" && timeout 60 "$DOCKER" run --rm --user 0:0 --cap-drop ALL --cap-add CHOWN \
+    --cap-add FOWNER --network none -v "$PWD/logs:/app/logs" "$IMAGE-run" --prepare-logs 10001:10001 2>&1)
+  code=$?
+  check "recipe: --prepare-logs as a one-shot root container exits 0 ($out)" [ "$code" = 0 ]
+  check "recipe: ./logs then belongs to 10001:10001, mode 755" \
+    [ "$(stat -c '%u:%g %a' "$RUNDIR/logs" 2>/dev/null)" = "10001:10001 755" ]
+  (cd "$RUNDIR" && timeout 60 "$DOCKER" run -d --name "$RUN_NAME" --user 10001:10001 --read-only \
+    --cap-drop ALL --security-opt no-new-privileges:true -v "$PWD/logs:/app/logs" \
+    --network "$RUN_NET" -p "127.0.0.1:$RUN_PORT:8000" "$IMAGE-run" >/dev/null)
+  check "recipe: the service starts" [ "$("$DOCKER" inspect -f '{{.State.Running}}' "$RUN_NAME" 2>/dev/null)" = true ]
+  check "recipe: healthy" wait_health "$RUN_NAME" healthy 60
+  out=$(timeout 60 "$DOCKER" run --rm --network "$RUN_NET" "$CURL_IMAGE" -s "http://$RUN_NAME:8000/health" 2>&1)
+  check "recipe: a sibling container gets {\"status\":\"ok\"} from http://$RUN_NAME:8000/health (got $out)" \
+    [ "$out" = '{"status":"ok"}' ]
+  # Access records reach the file within 200 ms; the probes of --healthcheck are not logged
+  # at info, so an access record for /health is the sibling's.
+  for ((i = 0; i < 20; i++)); do
+    grep -q '"msg":"access".*"path":"/health"' "$RUNDIR/logs/api.log" 2>/dev/null && break
+    sleep 0.2
+  done
+  if is_root && command -v setpriv >/dev/null; then
+    check "recipe: an unprivileged host uid (65534) reads the sibling's request in logs/api.log" \
+      setpriv --reuid 65534 --regid 65534 --clear-groups grep -q '"msg":"access".*"path":"/health"' "$RUNDIR/logs/api.log"
+  else
+    check "recipe: the host reads the sibling's request in logs/api.log" \
+      grep -q '"msg":"access".*"path":"/health"' "$RUNDIR/logs/api.log"
+  fi
+  http GET "http://127.0.0.1:$RUN_PORT/health"
+  expect "recipe: GET /health from the host on 127.0.0.1:$RUN_PORT" 200 "v == {'status': 'ok'}"
+  check "recipe: port published on 127.0.0.1 only" \
+    [ "$("$DOCKER" port "$RUN_NAME" 8000/tcp | sort -u)" = "127.0.0.1:$RUN_PORT" ]
+fi
+"$DOCKER" rm -f "$RUN_NAME" >/dev/null 2>&1
+"$DOCKER" network rm "$RUN_NET" >/dev/null 2>&1
+
+# ---- 3. compose up, healthy ----------------------------------------------------------------
 note "compose up (project $PROJECT, 127.0.0.1:$PORT)"
 t0=$(now)
 dc up -d >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log"; dc logs --no-color | tail -n 20; die "compose up"; }
@@ -237,14 +297,14 @@ INIT=$(cid_of "$PROJECT" log-init)
 check "log-init ran once and exited 0" [ "$("$DOCKER" inspect -f '{{.State.Status}} {{.State.ExitCode}}' "$INIT")" = "exited 0" ]
 echo "  log-init said: $("$DOCKER" logs "$INIT" 2>&1 | tail -n 1)"
 
-# ---- 3. routes from the host and from a sibling container ----------------------------------
+# ---- 4. routes from the host and from a sibling container ----------------------------------
 note "routes"
 routes http host "http://127.0.0.1:$PORT"
 routes sib sibling "http://api:8000"
 check "port published on 127.0.0.1 only" \
   [ "$("$DOCKER" port "$API" 8000/tcp | sort -u)" = "127.0.0.1:$PORT" ]
 
-# ---- 4. process: uid, capabilities, read-only root -----------------------------------------
+# ---- 5. process: uid, capabilities, read-only root -----------------------------------------
 note "process"
 check "root filesystem is read-only (HostConfig)" [ "$("$DOCKER" inspect -f '{{.HostConfig.ReadonlyRootfs}}' "$API")" = true ]
 pid=$("$DOCKER" inspect -f '{{.State.Pid}}' "$API")
@@ -260,7 +320,7 @@ else
 fi
 check "docker top shows uid 10001" bash -c "$DOCKER top $API -o pid,uid,comm | grep -qE '^[0-9]+ +10001 +api$'"
 
-# ---- 5. logs on the host -------------------------------------------------------------------
+# ---- 6. logs on the host -------------------------------------------------------------------
 note "logs on the host"
 LOG=$DIR/logs/api.log
 check "./logs/api.log exists on the host" [ -f "$LOG" ]
@@ -291,7 +351,7 @@ wait_health "$API" healthy 60 && http POST "http://127.0.0.1:$PORT/events" '{"ty
 check "after down + up: healthy, event 201 ($CODE)" [ "$CODE" = 201 ]
 check "after down + up: log appended, not truncated" bash -c "$(declare -f prefix_kept); prefix_kept '$LOG' $size0 $sha0 && grep -q ctest-after-down-up '$LOG'"
 
-# ---- 6. docker stop: fast and clean; kill -9: restarted ------------------------------------
+# ---- 7. docker stop: fast and clean; kill -9: restarted ------------------------------------
 note "stop and crash"
 t0=$(now)
 "$DOCKER" stop "$API" >/dev/null
@@ -319,7 +379,7 @@ else
   skip "kill -9 from the host (needs root)"
 fi
 
-# ---- 7. unhealthy when the log cannot be written -------------------------------------------
+# ---- 8. unhealthy when the log cannot be written -------------------------------------------
 # A real failure: ./logs on a 256 KiB tmpfs that the test fills; writes get ENOSPC.
 note "unhealthy on a full log disk"
 if is_root; then
@@ -349,7 +409,7 @@ else
   skip "unhealthy on a full disk (needs root to mount a tmpfs)"
 fi
 
-# ---- 8. first run by a normal user ---------------------------------------------------------
+# ---- 9. first run by a normal user ---------------------------------------------------------
 # A fresh user in the docker group clones the repo and runs compose, nothing else: the
 # clone's logs/ is theirs (uid 10001 cannot write to it) until log-init hands it over.
 note "first run as a normal user"
