@@ -224,7 +224,7 @@ async fn kill_9_under_load_loses_no_acknowledged_event_and_tears_no_line() {
     let mut acked = Vec::new();
     let mut sent_total = 0;
     for round in 0..8 {
-        let api = Api::start(support::api_command(&dir.0, &log, &[]));
+        let api = support::spawn_api(&dir.0, &[]);
         let load = Load::default();
         let clients = start_load(api.addr, 16, &format!("kill.r{round}"), &load, mixed_pad);
         load.until_acked(50 + 40 * round).await;
@@ -239,7 +239,7 @@ async fn kill_9_under_load_loses_no_acknowledged_event_and_tears_no_line() {
         acked.extend(acked_ids(&sent));
     }
     // A clean restart appends to the same file.
-    let mut api = Api::start(support::api_command(&dir.0, &log, &[]));
+    let mut api = support::spawn_api(&dir.0, &[]);
     let after = kit::post_event(api.addr, r#"{"type":"after.restart"}"#).await;
     assert_eq!(after.status, 201);
     api.signal("TERM");
@@ -271,11 +271,7 @@ async fn kill_9_under_load_loses_no_acknowledged_event_and_tears_no_line() {
 async fn sigterm_under_load_completes_accepted_requests_and_flushes() {
     let dir = TempDir::new();
     let log = dir.0.join("logs/api.log");
-    let mut api = Api::start(support::api_command(
-        &dir.0,
-        &log,
-        &[("GRACE", "5s"), ("BODY_TIMEOUT", "20s")],
-    ));
+    let mut api = support::spawn_api(&dir.0, &[("GRACE", "5s"), ("BODY_TIMEOUT", "20s")]);
     let addr = api.addr;
     let load = Load::default();
     let clients = start_load(addr, 12, "term", &load, mixed_pad);
@@ -731,7 +727,7 @@ fn unwritable_log_locations_exit_1_with_one_line() {
 async fn rotation_under_load_loses_no_record() {
     let dir = TempDir::new();
     let log = dir.0.join("logs/api.log");
-    let mut api = Api::start(support::api_command(&dir.0, &log, &[]));
+    let mut api = support::spawn_api(&dir.0, &[]);
     let load = Load::default();
     let clients = start_load(api.addr, 8, "rot", &load, mixed_pad);
     let mut files = Vec::new();
@@ -818,7 +814,7 @@ async fn four_processes_append_100k_records_without_a_torn_line() {
     let dir = TempDir::new();
     let log = dir.0.join("logs/api.log");
     let mut apis: Vec<Api> = (0..PROCS)
-        .map(|_| Api::start(support::api_command(&dir.0, &log, &[])))
+        .map(|_| support::spawn_api(&dir.0, &[]))
         .collect();
     let started = Instant::now();
     let mut set = JoinSet::new();
@@ -1024,7 +1020,7 @@ async fn a_restart_does_not_glue_records_onto_a_torn_last_line() {
     std::fs::create_dir_all(log.parent().unwrap()).unwrap();
     let fragment = r#"{"ts":"2026-01-01T00:00:00.000Z","level":"info","msg":"event","id":"0"#;
     std::fs::write(&log, format!("{{\"msg\":\"before\"}}\n{fragment}")).unwrap();
-    let mut api = Api::start(support::api_command(&dir.0, &log, &[]));
+    let mut api = support::spawn_api(&dir.0, &[]);
     let r = kit::post_event(api.addr, r#"{"type":"after.torn"}"#).await;
     assert_eq!(r.status, 201);
     api.signal("TERM");
@@ -1097,7 +1093,7 @@ async fn a_broken_stderr_does_not_hide_a_failing_log() {
 async fn a_deleted_log_comes_back_on_sighup_and_a_sighup_storm_leaks_nothing() {
     let dir = TempDir::new();
     let log = dir.0.join("logs/api.log");
-    let mut api = Api::start(support::api_command(&dir.0, &log, &[]));
+    let mut api = support::spawn_api(&dir.0, &[]);
     let (addr, pid) = (api.addr, api.pid());
     assert_eq!(
         kit::post_event(addr, r#"{"type":"before.rm"}"#)
