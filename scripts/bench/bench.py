@@ -58,6 +58,19 @@ from workloads import WORKLOADS
 
 
 def main():
+    args, variants_wanted, workloads, conn_steps = parse_args()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    try:
+        return run(args, variants_wanted, workloads, conn_steps)
+    except Interrupted as e:
+        print(f"interrupted ({e}); stopping everything started", flush=True)
+        return 130
+    finally:
+        cleanup()
+
+
+def parse_args():
     ap = argparse.ArgumentParser(
         prog="scripts/bench.sh",
         description="Benchmark the api against itself with logging off and "
@@ -144,16 +157,7 @@ def main():
             0 < args.instr_requests[0] < args.instr_requests[1]):
         ap.error("--instr-requests takes two increasing counts, e.g. 1000,3000")
     args.only = args.profile_only or args.instructions_only
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, on_signal)
-    try:
-        return run(args, variants_wanted, workloads, conn_steps)
-    except Interrupted as e:
-        print(f"interrupted ({e}); stopping everything started", flush=True)
-        return 130
-    finally:
-        cleanup()
+    return args, variants_wanted, workloads, conn_steps
 
 
 def run(args, variants_wanted, workloads, conn_steps):
