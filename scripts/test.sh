@@ -17,6 +17,8 @@ step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
 step "cargo test"
 cargo test --locked
+step "Kubernetes manifests (kustomize render, schemas, restricted profile, checkov)"
+scripts/lint-kubernetes.sh
 
 if "${DOCKER:-docker}" info >/dev/null 2>&1; then
   step "container lint (hadolint, compose schema)"
