@@ -1,6 +1,9 @@
 //! `POST /events`, the service's job: read a bounded JSON body, check its shape, append the
-//! event record to the log, and answer `201` only once the record is in the file.
+//! event record to the log, and answer `201` only once the record is in the file. The body is
+//! checked by [`rawjson`], and `data` is stored as the client's own text, minified: never
+//! parsed into a tree and re-encoded, which would change numbers and escapes.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -11,13 +14,13 @@ use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::{HeaderMap, Response, StatusCode};
 use log::Level;
-use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::app::App;
 use crate::body::{self, Body};
 use crate::error::ApiError;
 use crate::json::{self, Line};
+use crate::rawjson::{self, Doc};
 
 /// `POST /events`: validates the event, appends its record, and answers 201 only once the
 /// record is in the file.
@@ -38,9 +41,13 @@ pub async fn create(
         app.cfg.body_timeout,
     )
     .await?;
-    let value: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
-    let (kind, data) = event_shape(value)?;
+    let doc = rawjson::scan(&bytes).map_err(|e| match e {
+        rawjson::Error::Syntax { .. } => ApiError::BadRequest(format!("malformed JSON: {e}")),
+        rawjson::Error::DuplicateKey(_) => {
+            ApiError::Unprocessable(format!("{e}: a key may appear only once in an object"))
+        }
+    })?;
+    let (kind, data) = event_shape(&doc)?;
 
     let id = app.ids.next();
     let now = OffsetDateTime::now_utc();
@@ -50,15 +57,15 @@ pub async fn create(
         .str("type", &kind)
         .bytes("request_id", request_id.as_bytes())
         .ip("client", client);
-    if let Some(data) = &data {
-        line.json("data", data);
+    if let Some(data) = data {
+        line.raw_json("data", data);
     }
     line.finish();
 
     app.sink
         .append_durable(&record)
         .await
-        .map_err(ApiError::Unavailable)?;
+        .map_err(|e| ApiError::Unavailable(e.0))?;
     app.events.fetch_add(1, Ordering::Relaxed);
     // Written directly: the id and timestamp are ASCII and the type was checked to be
     // `[A-Za-z0-9._:-]`, so nothing needs escaping, and a json! map costs five allocations.
@@ -73,27 +80,40 @@ pub async fn create(
     Ok(body::json_bytes(StatusCode::CREATED, answer))
 }
 
-/// Checks `{"type": "<1-64 of A-Z a-z 0-9 . _ : ->", "data": <any, optional>}`.
-fn event_shape(value: Value) -> Result<(String, Option<Value>), ApiError> {
-    let Value::Object(mut map) = value else {
+/// Checks `{"type": "<1-64 of A-Z a-z 0-9 . _ : ->", "data": <any, optional>}`; returns the
+/// type (decoded) and the text of `data`.
+fn event_shape<'d>(doc: &'d Doc<'_>) -> Result<(Cow<'d, str>, Option<&'d [u8]>), ApiError> {
+    if doc.text.first() != Some(&b'{') {
         return Err(ApiError::Unprocessable(
             "the body must be a JSON object with a \"type\" field".into(),
         ));
-    };
-    if let Some(extra) = map.keys().find(|k| *k != "type" && *k != "data") {
+    }
+    if let Some(extra) = doc
+        .members
+        .iter()
+        .find(|m| m.key != "type" && m.key != "data")
+    {
         return Err(ApiError::Unprocessable(format!(
             "unknown field \"{}\"; allowed fields are \"type\" and \"data\"",
-            extra.escape_debug()
+            extra.key.escape_debug()
         )));
     }
-    let kind = match map.remove("type") {
-        None => return Err(ApiError::Unprocessable("field \"type\" is required".into())),
-        Some(Value::String(s)) => s,
-        Some(_) => {
-            return Err(ApiError::Unprocessable(
-                "field \"type\" must be a string".into(),
-            ));
-        }
+    let member = |name: &str| doc.members.iter().find(|m| m.key == name);
+    let Some(kind) = member("type") else {
+        return Err(ApiError::Unprocessable("field \"type\" is required".into()));
+    };
+    let raw = &doc.text[kind.value.clone()];
+    let Some(inner) = raw.strip_prefix(b"\"").and_then(|r| r.strip_suffix(b"\"")) else {
+        return Err(ApiError::Unprocessable(
+            "field \"type\" must be a string".into(),
+        ));
+    };
+    // A type may be written with escapes (`user\u002esignup`); it is checked, and stored,
+    // decoded.
+    let kind = if inner.contains(&b'\\') {
+        Cow::Owned(rawjson::decode(inner))
+    } else {
+        String::from_utf8_lossy(inner)
     };
     let valid = (1..=64).contains(&kind.len())
         && kind
@@ -104,7 +124,7 @@ fn event_shape(value: Value) -> Result<(String, Option<Value>), ApiError> {
             "field \"type\" must be 1-64 characters of A-Z a-z 0-9 . _ : -".into(),
         ));
     }
-    Ok((kind, map.remove("data")))
+    Ok((kind, member("data").map(|m| &doc.text[m.value.clone()])))
 }
 
 /// Whether `headers` declare a JSON body (`application/json`, parameters allowed).
@@ -153,24 +173,28 @@ pub async fn read_limited(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn event_shape_names_the_field() {
-        let err = |v: Value| match event_shape(v) {
+        let err = |body: &str| match event_shape(&rawjson::scan(body.as_bytes()).unwrap()) {
             Err(ApiError::Unprocessable(m)) => m,
             other => panic!("{other:?}"),
         };
-        assert!(err(json!([])).contains("JSON object"));
-        assert!(err(json!({})).contains("\"type\" is required"));
-        assert!(err(json!({"type": 1})).contains("must be a string"));
-        assert!(err(json!({"type": "a b"})).contains("1-64 characters"));
-        assert!(err(json!({"type": "x".repeat(65)})).contains("1-64 characters"));
-        assert!(err(json!({"type": "a", "extra": 1})).contains("\"extra\""));
-        let (t, d) = event_shape(json!({"type": "user.signup:v2-a_b", "data": {"k": 1}})).unwrap();
+        assert!(err("[]").contains("JSON object"));
+        assert!(err(" 1 ").contains("JSON object"));
+        assert!(err("{}").contains("\"type\" is required"));
+        assert!(err(r#"{"type": 1}"#).contains("must be a string"));
+        assert!(err(r#"{"type": "a b"}"#).contains("1-64 characters"));
+        assert!(err(&format!(r#"{{"type":"{}"}}"#, "x".repeat(65))).contains("1-64 characters"));
+        assert!(err(r#"{"type": "a", "extra": 1}"#).contains("\"extra\""));
+        let doc =
+            rawjson::scan(br#"{ "type" : "user.signup:v2-a_b", "data" : {"k": 1e400} }"#).unwrap();
+        let (t, d) = event_shape(&doc).unwrap();
         assert_eq!(
-            (t.as_str(), d),
-            ("user.signup:v2-a_b", Some(json!({"k": 1})))
+            (&*t, d),
+            ("user.signup:v2-a_b", Some(&br#"{"k":1e400}"#[..]))
         );
+        let doc = rawjson::scan(br#"{"type":"a\u002eb"}"#).unwrap();
+        assert_eq!(event_shape(&doc).unwrap(), (Cow::Borrowed("a.b"), None));
     }
 }

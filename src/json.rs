@@ -1,7 +1,8 @@
 //! The project's one JSON writer: string escaping, numbers, addresses and timestamps written
 //! by hand into byte buffers, and [`Line`], which builds one log record. Log records, event
-//! records and the `201` answer all come through here; `serde_json` is kept for parsing and
-//! for the rare answers built as trees (`GET /`, error bodies).
+//! records and the `201` answer all come through here; `serde_json` is kept for the rare
+//! answers built as trees (`GET /`, error bodies). Request bodies are read by
+//! [`crate::rawjson`].
 //!
 //! Every string from a client goes through `json_str` or `json_bytes`, so no input can
 //! break a line or add a field.
@@ -209,10 +210,12 @@ impl<'a> Line<'a> {
         self
     }
 
-    /// Adds a field whose value is already-serialised JSON.
-    pub fn json(&mut self, key: &str, value: &serde_json::Value) -> &mut Self {
+    /// Adds a field whose value is JSON text already checked and minified (by
+    /// [`crate::rawjson::scan`]), so it holds no newline and is copied as it is.
+    pub fn raw_json(&mut self, key: &str, text: &[u8]) -> &mut Self {
+        debug_assert!(!text.contains(&b'\n'));
         self.key(key);
-        serde_json::to_writer(&mut *self.buf, value).expect("a Value always serialises into a Vec");
+        self.buf.extend_from_slice(text);
         self
     }
 
