@@ -65,7 +65,7 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp
 
     let result = match check_head(&head, app.cfg.max_header_bytes) {
         Err(e) => Err(e),
-        Ok(()) => route(app, &head, body, &request_id, client).await,
+        Ok(()) => route(app, &head, body, rid, client).await,
     };
     let mut resp = result.unwrap_or_else(ApiError::into_response);
     resp.headers_mut()
@@ -115,7 +115,7 @@ async fn route(
     app: &App,
     head: &Parts,
     body: Incoming,
-    request_id: &HeaderValue,
+    request_id: RequestId<'_>,
     client: IpAddr,
 ) -> Result<Response<Body>, ApiError> {
     match (&head.method, head.uri.path()) {

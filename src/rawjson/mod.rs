@@ -9,6 +9,7 @@
 //! `"\u0061"` are the same key.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::fmt;
 use std::ops::Range;
 
@@ -33,10 +34,33 @@ pub struct Doc<'a> {
 /// One member of the top-level object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member<'a> {
-    /// The key, decoded.
-    pub key: Cow<'a, str>,
+    /// The key's text between its quotes, as sent.
+    raw_key: &'a [u8],
+    key_escaped: bool,
     /// The value's span in [`Doc::text`].
     pub value: Range<usize>,
+}
+
+impl<'a> Member<'a> {
+    /// Whether the key, decoded, is `name` (without decoding when it has no escapes).
+    pub fn key_is(&self, name: &str) -> bool {
+        if self.key_escaped {
+            decode(self.raw_key) == name
+        } else {
+            self.raw_key == name.as_bytes()
+        }
+    }
+
+    /// The key, decoded.
+    pub fn key(&self) -> Cow<'a, str> {
+        if self.key_escaped {
+            Cow::Owned(decode(self.raw_key))
+        } else {
+            // The input was checked to be UTF-8 as a whole, and a span between quotes starts
+            // and ends on character boundaries, so nothing is lost here.
+            String::from_utf8_lossy(self.raw_key)
+        }
+    }
 }
 
 /// Why a body was refused.
@@ -69,18 +93,27 @@ pub fn scan(input: &[u8]) -> Result<Doc<'_>, Error> {
     if let Err(e) = std::str::from_utf8(input) {
         return Err(syntax_at(input, e.valid_up_to(), "invalid UTF-8"));
     }
+    let (stack, keys) = SCRATCH.take();
     let mut s = Scanner {
         input,
         pos: 0,
         out: Vec::new(),
         copied_to: 0,
-        stack: Vec::new(),
-        keys: Vec::new(),
-        members: Vec::new(),
+        stack,
+        keys,
+        // An event has two.
+        members: Vec::with_capacity(2),
         member_start: None,
         duplicate: None,
     };
-    s.document()?;
+    let result = s.document();
+    let (mut stack, mut keys) = (std::mem::take(&mut s.stack), std::mem::take(&mut s.keys));
+    if keys.capacity() <= SCRATCH_KEYS {
+        stack.clear();
+        keys.clear();
+        SCRATCH.set((stack, keys));
+    }
+    result?;
     if let Some(path) = s.duplicate {
         return Err(Error::DuplicateKey(path));
     }
@@ -94,6 +127,15 @@ pub fn scan(input: &[u8]) -> Result<Doc<'_>, Error> {
         text,
         members: s.members,
     })
+}
+
+/// Keys a kept scratch list may have room for; a hostile body's longer list is dropped.
+const SCRATCH_KEYS: usize = 1024;
+
+thread_local! {
+    /// The container stack and key list of the last scan on this thread, kept for the next:
+    /// allocating them afresh cost more than scanning a typical event.
+    static SCRATCH: Cell<(Vec<Frame>, Vec<Key>)> = const { Cell::new((Vec::new(), Vec::new())) };
 }
 
 /// An open container.
@@ -176,7 +218,8 @@ impl Scanner<'_> {
                     // Nested objects' keys are gone once closed: the last is this member's.
                     let key = self.keys.last().expect("a member has a key");
                     self.members.push(Member {
-                        key: key_text(self.input, key),
+                        raw_key: &self.input[key.raw.clone()],
+                        key_escaped: key.escaped,
                         value: start..self.out_pos(),
                     });
                 }

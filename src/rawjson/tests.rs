@@ -62,7 +62,7 @@ fn top_level_members() {
         .iter()
         .map(|m| {
             let value = String::from_utf8(doc.text[m.value.clone()].to_vec()).unwrap();
-            (m.key.to_string(), value)
+            (m.key().into_owned(), value)
         })
         .collect();
     assert_eq!(
@@ -73,6 +73,8 @@ fn top_level_members() {
             ("z".into(), "null".into())
         ]
     );
+    assert!(doc.members[1].key_is("data") && !doc.members[1].key_is("dat"));
+    assert!(doc.members[0].key_is("type") && !doc.members[0].key_is("data"));
     assert!(scan(b"[1,{\"a\":1}]").unwrap().members.is_empty());
 }
 
