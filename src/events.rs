@@ -50,7 +50,7 @@ pub async fn create(
             ApiError::Unprocessable(format!("{e}: a key may appear only once in an object"))
         }
     })?;
-    let (kind, data) = event_shape(&doc)?;
+    let Event { kind, data } = event_shape(&doc)?;
 
     let id = app.ids.next();
     let received_at = json::timestamp_bytes(OffsetDateTime::now_utc());
@@ -117,9 +117,18 @@ fn write_record(
     rec.finish();
 }
 
-/// Checks `{"type": "<1-64 of A-Z a-z 0-9 . _ : ->", "data": <any, optional>}`; returns the
-/// type (decoded) and the text of `data`.
-fn event_shape<'d>(doc: &'d Doc<'_>) -> Result<(Cow<'d, [u8]>, Option<&'d [u8]>), ApiError> {
+/// An event as checked: its type, and the text of its data.
+#[derive(Debug, PartialEq, Eq)]
+struct Event<'d> {
+    /// Decoded; ASCII, as the pattern allows nothing else, and kept as bytes since it is only
+    /// ever copied.
+    kind: Cow<'d, [u8]>,
+    /// Minified JSON text, as sent.
+    data: Option<&'d [u8]>,
+}
+
+/// Checks `{"type": "<1-64 of A-Z a-z 0-9 . _ : ->", "data": <any, optional>}`.
+fn event_shape<'d>(doc: &'d Doc<'_>) -> Result<Event<'d>, ApiError> {
     if doc.text.first() != Some(&b'{') {
         return Err(ApiError::Unprocessable(
             "the body must be a JSON object with a \"type\" field".into(),
@@ -146,7 +155,7 @@ fn event_shape<'d>(doc: &'d Doc<'_>) -> Result<(Cow<'d, [u8]>, Option<&'d [u8]>)
         ));
     };
     // A type may be written with escapes (`user\u002esignup`); it is checked, and stored,
-    // decoded; as bytes, since a valid type is ASCII and is only ever copied.
+    // decoded.
     let kind = if inner.contains(&b'\\') {
         Cow::Owned(rawjson::decode(inner).into_bytes())
     } else {
@@ -161,7 +170,10 @@ fn event_shape<'d>(doc: &'d Doc<'_>) -> Result<(Cow<'d, [u8]>, Option<&'d [u8]>)
             "field \"type\" must be 1-64 characters of A-Z a-z 0-9 . _ : -".into(),
         ));
     }
-    Ok((kind, member("data").map(|m| &doc.text[m.value.clone()])))
+    Ok(Event {
+        kind,
+        data: member("data").map(|m| &doc.text[m.value.clone()]),
+    })
 }
 
 /// Whether `headers` declare a JSON body (`application/json`, parameters allowed).
@@ -232,16 +244,12 @@ mod tests {
         assert!(err(r#"{"type": "a", "extra": 1}"#).contains("\"extra\""));
         let doc =
             rawjson::scan(br#"{ "type" : "user.signup:v2-a_b", "data" : {"k": 1e400} }"#).unwrap();
-        let (t, d) = event_shape(&doc).unwrap();
-        assert_eq!(
-            (&*t, d),
-            (&b"user.signup:v2-a_b"[..], Some(&br#"{"k":1e400}"#[..]))
-        );
+        let event = event_shape(&doc).unwrap();
+        assert_eq!(&*event.kind, b"user.signup:v2-a_b");
+        assert_eq!(event.data, Some(&br#"{"k":1e400}"#[..]));
         let doc = rawjson::scan(br#"{"type":"a\u002eb"}"#).unwrap();
-        assert_eq!(
-            event_shape(&doc).unwrap(),
-            (Cow::Borrowed(&b"a.b"[..]), None)
-        );
+        let event = event_shape(&doc).unwrap();
+        assert_eq!((&*event.kind, event.data), (&b"a.b"[..], None));
     }
 
     /// The record is one line of JSON with every field, and `data` exactly as given, however
