@@ -138,6 +138,20 @@ thread_local! {
     static SCRATCH: Cell<(Vec<Frame>, Vec<Key>)> = const { Cell::new((Vec::new(), Vec::new())) };
 }
 
+/// The bytes that end a run of plain string content: the quote, the backslash, and the
+/// control characters a string may not hold. A table: three comparisons per byte cost more.
+static STRING_STOP: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
 /// An open container.
 enum Frame {
     /// `keys` is where this object's keys start in `Scanner::keys`; the last of them is the
@@ -361,7 +375,7 @@ impl Scanner<'_> {
             let rest = &self.input[self.pos..];
             let run = rest
                 .iter()
-                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+                .position(|&b| STRING_STOP[usize::from(b)])
                 .unwrap_or(rest.len());
             self.pos += run;
             match self.peek() {
@@ -487,8 +501,17 @@ impl Scanner<'_> {
         self.input.get(self.pos).copied()
     }
 
-    /// Skips whitespace, copying the text before it to the output.
+    /// Skips whitespace, copying the text before it to the output. Called between all tokens
+    /// and mostly finding none, so that case is inlined and the rest is not.
+    #[inline(always)]
     fn skip_ws(&mut self) {
+        if let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.drop_ws();
+        }
+    }
+
+    #[inline(never)]
+    fn drop_ws(&mut self) {
         let start = self.pos;
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
             self.pos += 1;
