@@ -32,32 +32,51 @@ pub fn respond(sink: &Sink) -> Response<Body> {
     }
 }
 
+/// Where the server `cfg` describes can be reached from this machine, in the order to try.
+/// A wildcard listen address is reachable on loopback: `::` on `::1`, or on `127.0.0.1` where
+/// `::1` does not exist (a container without IPv6) or the server fell back to `0.0.0.0`.
+fn probe_addrs(cfg: &Config) -> Vec<SocketAddr> {
+    let ips = match cfg.host {
+        IpAddr::V4(v4) if v4.is_unspecified() => vec![Ipv4Addr::LOCALHOST.into()],
+        IpAddr::V6(v6) if v6.is_unspecified() => {
+            vec![Ipv6Addr::LOCALHOST.into(), Ipv4Addr::LOCALHOST.into()]
+        }
+        ip => vec![ip],
+    };
+    ips.into_iter()
+        .map(|ip| SocketAddr::new(ip, cfg.port))
+        .collect()
+}
+
 /// Probes `GET /health` of the server `cfg` describes. `Ok` holds the line to print for a
 /// healthy answer, `Err` the line for anything else.
 pub fn probe(cfg: &Config) -> Result<String, String> {
-    // A wildcard listen address is reachable on loopback.
-    let ip = match cfg.host {
-        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    let addr = SocketAddr::new(ip, cfg.port);
-    let unhealthy = |why: String| format!("unhealthy: {addr}: {why}");
-
     let deadline = Instant::now() + PROBE_TIMEOUT;
-    let mut stream = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT)
-        .map_err(|e| unhealthy(format!("cannot connect: {e}")))?;
     // What is left of the budget (never zero: a zero timeout means none).
-    let left = || {
-        Some(
-            deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(1)),
-        )
+    let remaining = || {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1))
     };
+    // The first address that takes the connection is the server's; what it answers is final.
+    let mut refused = Vec::new();
+    let mut connected = None;
+    for addr in probe_addrs(cfg) {
+        match TcpStream::connect_timeout(&addr, remaining()) {
+            Ok(stream) => {
+                connected = Some((addr, stream));
+                break;
+            }
+            Err(e) => refused.push(format!("{addr}: cannot connect: {e}")),
+        }
+    }
+    let Some((addr, mut stream)) = connected else {
+        return Err(format!("unhealthy: {}", refused.join("; ")));
+    };
+    let unhealthy = |why: String| format!("unhealthy: {addr}: {why}");
     stream
-        .set_write_timeout(left())
-        .and_then(|()| stream.set_read_timeout(left()))
+        .set_write_timeout(Some(remaining()))
+        .and_then(|()| stream.set_read_timeout(Some(remaining())))
         .map_err(|e| unhealthy(e.to_string()))?;
     let request = format!(
         "GET /health HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: api-healthcheck/{}\r\nConnection: close\r\n\r\n",

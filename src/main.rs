@@ -3,7 +3,6 @@
 //! 1 for a runtime failure (log file, port, forced shutdown, unhealthy probe),
 //! 2 for bad usage or configuration.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -88,7 +87,7 @@ fn serve(cfg: Config) -> ExitCode {
     };
 
     let result = runtime.block_on(async {
-        let listener = server::bind(SocketAddr::new(cfg.host, cfg.port)).await?;
+        let listener = server::listen(&cfg).await?;
         let shutdown = shutdown::listen(sink.clone())?;
         log::info!(
             addr:% = listener.local_addr()?,

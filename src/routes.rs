@@ -61,7 +61,10 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp
             (RequestId::from(&generated), v)
         }
     };
-    let client = client_ip(&app.cfg, peer.ip(), &head.headers);
+    // An IPv4 client of the dual-stack listener arrives as ::ffff:a.b.c.d; it is logged,
+    // matched and recognised as the IPv4 address it is.
+    let peer_ip = peer.ip().to_canonical();
+    let client = client_ip(&app.cfg, peer_ip, &head.headers);
 
     let result = match check_head(&head, app.cfg.max_header_bytes) {
         Err(e) => Err(e),
@@ -78,7 +81,7 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp
         .headers
         .get(USER_AGENT)
         .map_or(&b""[..], |v| v.as_bytes());
-    let probe = peer.ip().is_loopback() && user_agent.starts_with(health::PROBE_AGENT);
+    let probe = peer_ip.is_loopback() && user_agent.starts_with(health::PROBE_AGENT);
     let level = if probe { Level::Debug } else { Level::Info };
     if app.sink.enabled(level) {
         let bytes = if head.method == Method::HEAD {
@@ -192,7 +195,7 @@ fn client_ip(cfg: &Config, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
             return client;
         };
         for hop in value.rsplit(',') {
-            match hop.trim().parse::<IpAddr>() {
+            match hop.trim().parse::<IpAddr>().map(|ip| ip.to_canonical()) {
                 Ok(ip) => {
                     client = ip;
                     if !trusted(ip) {
@@ -251,6 +254,11 @@ mod tests {
         assert_eq!(
             client_ip(&cfg, ip("10.0.0.2"), &xff(&["garbage"])),
             ip("10.0.0.2")
+        );
+        // A hop written as an IPv4-mapped IPv6 address is that IPv4 address.
+        assert_eq!(
+            client_ip(&cfg, ip("10.0.0.2"), &xff(&["::ffff:5.6.7.8"])),
+            ip("5.6.7.8")
         );
     }
 }

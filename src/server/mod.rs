@@ -4,7 +4,7 @@
 //! every request, where `conn::Guarded` keeps one per connection.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::config::Config;
 use crate::routes::{self, App};
 use crate::shutdown::Shutdown;
 
@@ -123,19 +124,71 @@ fn per_connection(e: &io::Error) -> bool {
     )
 }
 
-/// Binds the configured address, naming it in the error.
-pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| {
-        let hint = match e.kind() {
-            io::ErrorKind::AddrInUse => {
-                "; another process holds it: stop that one or choose another --port/PORT"
-            }
-            io::ErrorKind::PermissionDenied => {
-                "; ports below 1024 need privileges: choose --port/PORT above 1023"
-            }
-            io::ErrorKind::AddrNotAvailable => "; no interface has that address: check --host/HOST",
-            _ => "",
-        };
-        io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}{hint}"))
-    })
+/// Binds the configured address, naming it in the error. The default `::` takes IPv4 and
+/// IPv6 clients (IPv4 ones as `::ffff:a.b.c.d`, unless `net.ipv6.bindv6only` is set; neither
+/// tokio nor std can clear `IPV6_V6ONLY` without unsafe code or another crate) and falls back
+/// to `0.0.0.0` where the kernel has IPv6 off. An address the user chose has no fallback.
+pub async fn listen(cfg: &Config) -> io::Result<TcpListener> {
+    let addr = SocketAddr::new(cfg.host, cfg.port);
+    let listener = match TcpListener::bind(addr).await {
+        Err(e) if cfg.host_fallback && ipv6_unavailable(&e) => {
+            let v4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), cfg.port);
+            log::info!(error:% = e; "IPv6 is off in this kernel; listening on IPv4 only");
+            TcpListener::bind(v4).await.map_err(|e| bind_error(v4, e))?
+        }
+        bound => bound.map_err(|e| bind_error(addr, e))?,
+    };
+    if addr.ip() == Ipv6Addr::UNSPECIFIED && v6_only_by_default() {
+        log::warn!(
+            "net.ipv6.bindv6only is 1: IPv4 clients cannot reach [::]; set HOST=0.0.0.0 for them"
+        );
+    }
+    Ok(listener)
+}
+
+/// Whether a bind to `::` failed because this kernel has no usable IPv6: no IPv6 sockets at all
+/// (EAFNOSUPPORT, booted with `ipv6.disable=1`) or no `::` to bind (EADDRNOTAVAIL).
+fn ipv6_unavailable(e: &io::Error) -> bool {
+    // Linux's number; std maps it to no ErrorKind of its own.
+    const EAFNOSUPPORT: i32 = 97;
+    e.kind() == io::ErrorKind::AddrNotAvailable || e.raw_os_error() == Some(EAFNOSUPPORT)
+}
+
+/// Whether new IPv6 sockets take IPv6 clients only (the sysctl's default is 0).
+fn v6_only_by_default() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv6/bindv6only").is_ok_and(|v| v.trim() == "1")
+}
+
+/// A bind error that names the address and says what to do.
+fn bind_error(addr: SocketAddr, e: io::Error) -> io::Error {
+    let hint = match e.kind() {
+        io::ErrorKind::AddrInUse => {
+            "; another process holds it: stop that one or choose another --port/PORT"
+        }
+        io::ErrorKind::PermissionDenied => {
+            "; ports below 1024 need privileges: choose --port/PORT above 1023"
+        }
+        io::ErrorKind::AddrNotAvailable => "; no interface has that address: check --host/HOST",
+        _ => "",
+    };
+    io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}{hint}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_off_is_recognised_by_errno() {
+        assert!(ipv6_unavailable(&io::Error::from_raw_os_error(97)));
+        assert!(ipv6_unavailable(&io::Error::from(
+            io::ErrorKind::AddrNotAvailable
+        )));
+        assert!(!ipv6_unavailable(&io::Error::from(
+            io::ErrorKind::AddrInUse
+        )));
+        assert!(!ipv6_unavailable(&io::Error::from(
+            io::ErrorKind::PermissionDenied
+        )));
+    }
 }
