@@ -96,7 +96,8 @@ fn serve(cfg: Config) -> ExitCode {
             log_level:% = cfg.log_level.as_str().to_ascii_lowercase(),
             max_connections = cfg.max_connections as u64,
             max_body_bytes = cfg.max_body_bytes as u64,
-            grace_ms = cfg.grace.as_millis() as u64;
+            grace_ms = cfg.grace.as_millis() as u64,
+            drain_delay_ms = cfg.drain_delay.as_millis() as u64;
             "listening"
         );
         api::run(listener, Arc::new(App::new(cfg, sink.clone())), shutdown).await

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use hyper::body::Incoming;
-use hyper::header::{HOST, HeaderName, HeaderValue, USER_AGENT};
+use hyper::header::{CONNECTION, HOST, HeaderName, HeaderValue, USER_AGENT};
 use hyper::http::request::Parts;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use log::Level;
@@ -73,6 +73,12 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp
     let mut resp = result.unwrap_or_else(ApiError::into_response);
     resp.headers_mut()
         .insert(X_REQUEST_ID.clone(), request_id.clone());
+    if app.draining() {
+        // hyper closes the connection after this answer: a keep-alive client reconnects,
+        // through its load balancer, to a replica that is not going away.
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     app.requests.fetch_add(1, Ordering::Relaxed);
     let end = Instant::now();
 
@@ -123,7 +129,7 @@ async fn route(
 ) -> Result<Response<Body>, ApiError> {
     match (&head.method, head.uri.path()) {
         (&Method::GET | &Method::HEAD, "/") => Ok(info(app)),
-        (&Method::GET | &Method::HEAD, "/health") => Ok(health::respond(&app.sink)),
+        (&Method::GET | &Method::HEAD, "/health") => Ok(health::respond(app)),
         (&Method::POST, "/events") => events::create(app, head, body, request_id, client).await,
         (_, "/" | "/health") => Err(ApiError::MethodNotAllowed("GET, HEAD")),
         (_, "/events") => Err(ApiError::MethodNotAllowed("POST")),

@@ -1,7 +1,9 @@
 //! The accept loop: one tokio task per connection, served by hyper's HTTP/1.1 connection
 //! driver over a guarded socket (`conn`), at most `max_connections` at once, and a graceful
-//! drain on shutdown. hyper's own header timer is off: it allocates and registers a timer for
-//! every request, where `conn::Guarded` keeps one per connection.
+//! shutdown in two phases: serving on for `DRAIN_DELAY` (`drain`), then closing the listener
+//! and letting in-flight requests finish within `GRACE`. hyper's own header timer is off: it
+//! allocates and registers a timer for every request, where `conn::Guarded` keeps one per
+//! connection.
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -22,6 +24,7 @@ use crate::routes::{self, App};
 use crate::shutdown::Shutdown;
 
 mod conn;
+mod drain;
 
 use conn::{Activity, Drain, Guarded};
 
@@ -29,9 +32,10 @@ use conn::{Activity, Drain, Guarded};
 /// descriptors), so the loop waits for resources instead of spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Serves `listener` until `shutdown` is requested, then stops accepting, lets in-flight
-/// requests finish within the grace period and closes idle connections. A second request or
-/// an expired grace period ends it early with an error naming the reason.
+/// Serves `listener` until `shutdown` is requested and the drain delay has passed, then stops
+/// accepting, lets in-flight requests finish within the grace period and closes idle
+/// connections. A second request or an expired grace period ends it early with an error
+/// naming the reason.
 pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -> io::Result<()> {
     let mut http = http1::Builder::new();
     http.header_read_timeout(None)
@@ -43,6 +47,8 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
     let limit = Arc::new(Semaphore::new(app.cfg.max_connections));
     let graceful = GracefulShutdown::new();
     let drain = Arc::new(Drain::default());
+    let closing = drain::listener_closes(&app, shutdown.clone());
+    tokio::pin!(closing);
 
     loop {
         // Take a permit before accepting: past the cap, clients wait in the listen backlog.
@@ -50,7 +56,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
             permit = limit.clone().acquire_owned() => {
                 permit.expect("the connection semaphore is never closed")
             }
-            () = shutdown.requested() => break,
+            () = &mut closing => break,
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -63,7 +69,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
                     continue;
                 }
             },
-            () = shutdown.requested() => break,
+            () = &mut closing => break,
         };
         // Small JSON answers: don't let Nagle hold them back.
         let _ = stream.set_nodelay(true);
@@ -95,8 +101,14 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
 
     let grace = app.cfg.grace;
     let open = app.cfg.max_connections - limit.available_permits();
-    log::info!(connections = open as u64, grace_ms = grace.as_millis() as u64; "draining");
+    log::info!(connections = open as u64, grace_ms = grace.as_millis() as u64; "listener closed");
     tokio::select! {
+        // A second request that ended the drain delay must not be read as a clean drain.
+        biased;
+        () = shutdown.forced() => {
+            log::warn!("second shutdown request; closing the remaining connections");
+            Err(io::Error::other("shutdown forced by a second signal"))
+        }
         () = graceful.shutdown() => {
             log::info!("drained; shutting down");
             Ok(())
@@ -105,10 +117,6 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
             let open = app.cfg.max_connections - limit.available_permits();
             log::warn!(connections = open as u64; "grace period expired; closing the remaining connections");
             Err(io::Error::other(format!("grace period of {grace:?} expired with {open} connections open")))
-        }
-        () = shutdown.forced() => {
-            log::warn!("second shutdown request; closing the remaining connections");
-            Err(io::Error::other("shutdown forced by a second signal"))
         }
     }
 }
