@@ -16,5 +16,7 @@ mod limits;
 mod logs;
 /// The binary: configuration errors, signals, `--healthcheck`.
 mod process;
+/// A rolling restart behind a balancer that lags, with and without DRAIN_DELAY.
+mod race;
 /// Routes, statuses, bodies and headers.
 mod routes;
