@@ -46,7 +46,8 @@ pub async fn create(
     let now = OffsetDateTime::now_utc();
     let mut record = Vec::with_capacity(256 + bytes.len());
     let mut line = Line::start_at(&mut record, now, Level::Info, "event");
-    line.str("id", id.as_str())
+    line.str("host", app.sink.host())
+        .str("id", id.as_str())
         .str("type", &kind)
         .bytes("request_id", request_id.as_bytes())
         .ip("client", client);

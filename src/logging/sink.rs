@@ -28,7 +28,8 @@ use tokio::sync::oneshot;
 
 use super::access::{Access, Clock, access_record};
 use super::stderr;
-use crate::json::Line;
+use crate::config;
+use crate::json::{Line, json_str};
 
 /// Longest time a buffered record waits before the background thread writes it.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
@@ -44,6 +45,10 @@ pub struct Sink(Arc<Shared>);
 
 struct Shared {
     path: PathBuf,
+    /// The replica's name, for the `host` field of every record: as text, and as a JSON
+    /// string for the access record, which copies it rather than escaping it each time.
+    host: &'static str,
+    host_json: Box<[u8]>,
     access: bool,
     debug: bool,
     pending: Mutex<Pending>,
@@ -97,10 +102,16 @@ impl std::error::Error for OpenError {}
 impl Sink {
     /// Opens (creating if needed) `path` and its directory, and starts the background thread.
     /// `level` decides whether access records (info) and health-probe records (debug) are kept.
+    /// Every record names the replica that wrote it: `host`, the [`config::hostname`].
     pub fn open(path: &Path, level: LevelFilter) -> Result<Sink, OpenError> {
         let file = open_append(path).map_err(|e| open_error(path, &e))?;
+        let host = config::hostname();
+        let mut host_json = Vec::new();
+        json_str(&mut host_json, host);
         let shared = Arc::new(Shared {
             path: path.to_path_buf(),
+            host,
+            host_json: host_json.into(),
             access: level >= LevelFilter::Info,
             debug: level >= LevelFilter::Debug,
             pending: Mutex::new(Pending::default()),
@@ -121,6 +132,11 @@ impl Sink {
             .map_err(|e| OpenError(format!("cannot start the log writer thread: {e}")))?;
         *lock(&shared.writer) = Some(handle);
         Ok(Sink(shared))
+    }
+
+    /// The replica's name, which every record carries as `host`.
+    pub fn host(&self) -> &'static str {
+        self.0.host
     }
 
     /// Whether records of `level` are kept (access records are info, probe records debug).
@@ -146,7 +162,7 @@ impl Sink {
         let was_empty = p.buf.is_empty();
         let Pending { buf, clock, .. } = &mut *p;
         let now = clock.since_epoch(a.at);
-        access_record(buf, clock, now, level, a);
+        access_record(buf, clock, now, level, &self.0.host_json, a);
         self.appended(p, was_empty);
     }
 
@@ -308,7 +324,8 @@ fn commit(shared: &Shared) -> MutexGuard<'_, Output> {
         let reason = lock(&shared.failure).clone().unwrap_or_default();
         let mut notice = Vec::with_capacity(256);
         let mut line = Line::start(&mut notice, Level::Warn, "log file writable again");
-        line.str("previous_error", &reason)
+        line.str("host", shared.host)
+            .str("previous_error", &reason)
             .u64("unwritten_records", out_ref.unwritten);
         line.finish();
         offset = notice.len();
