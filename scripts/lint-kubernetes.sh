@@ -16,6 +16,8 @@
 #   kubernetes-validate, checkov. It installs nothing.
 # Environment: K8S_VERSIONS (default "1.32.0 1.37.0"), KUBECTL (default kubectl).
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$(dirname "$0")/.."
 
 base=deploy/kubernetes
@@ -23,8 +25,6 @@ tools_pod=deploy/kubernetes/tools/log-reader.yaml
 versions=${K8S_VERSIONS:-1.32.0 1.37.0}
 kubectl=${KUBECTL:-kubectl}
 
-step() { printf '\n==> %s\n' "$*"; }
-die() { echo "FAIL $*" >&2; exit 1; }
 
 # ---- tools ----------------------------------------------------------------------------------
 missing=()

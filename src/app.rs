@@ -1,12 +1,12 @@
 //! [`App`], the state every connection of one server shares: the configuration, the log
-//! sink, the id generator, and the counters `GET /` reports.
+//! sink, the id generator, the counters `GET /` reports, and whether the server is draining.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use time::OffsetDateTime;
 
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::ids::IdGen;
 use crate::logging::Sink;
 
@@ -15,13 +15,16 @@ pub struct App {
     pub cfg: Config,
     pub sink: Sink,
     pub ids: IdGen,
-    pub(crate) hostname: String,
+    pub(crate) hostname: &'static str,
     pub(crate) started_at: OffsetDateTime,
     pub(crate) started: Instant,
     /// Requests answered, for `GET /`.
     pub(crate) requests: AtomicU64,
     /// Events acknowledged with a 201, for `GET /`.
     pub(crate) events: AtomicU64,
+    /// Set at the first shutdown request: `/health` answers 503 and answers close their
+    /// connection, so load balancers and keep-alive clients move to other replicas.
+    draining: AtomicBool,
 }
 
 impl App {
@@ -30,21 +33,23 @@ impl App {
             cfg,
             sink,
             ids: IdGen::new(),
-            hostname: hostname(),
+            hostname: config::hostname(),
             started_at: OffsetDateTime::now_utc(),
             started: Instant::now(),
             requests: AtomicU64::new(0),
             events: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
         }
     }
-}
 
-/// The kernel's hostname (the container id under Docker); no libc call needed.
-fn hostname() -> String {
-    ["/proc/sys/kernel/hostname", "/etc/hostname"]
-        .iter()
-        .find_map(|p| std::fs::read_to_string(p).ok())
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".into())
+    /// Marks the server as draining (see [`App::draining`]); there is no way back.
+    pub(crate) fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether shutdown has been requested. Relaxed: an answer racing the request may go
+    /// either way, and nothing else is published through this flag.
+    pub(crate) fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
 }

@@ -8,6 +8,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use log::LevelFilter;
@@ -29,6 +30,9 @@ pub enum Command {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub host: IpAddr,
+    /// `host` is the default `::` (not set by the user): where the kernel has IPv6 off, the
+    /// server listens on `0.0.0.0` instead.
+    pub host_fallback: bool,
     pub port: u16,
     pub log_file: PathBuf,
     pub log_level: LevelFilter,
@@ -41,6 +45,7 @@ pub struct Config {
     pub body_timeout: Duration,
     pub write_timeout: Duration,
     pub grace: Duration,
+    pub drain_delay: Duration,
     pub trusted_proxies: Vec<IpNet>,
     pub workers: usize,
 }
@@ -79,8 +84,8 @@ const SETTINGS: &[Setting] = &[
     Setting {
         flag: "--host",
         env: "HOST",
-        default: "0.0.0.0",
-        help: "listen address",
+        default: "::",
+        help: "listen address; the default takes IPv4 and IPv6 (0.0.0.0 where IPv6 is off)",
     },
     Setting {
         flag: "--port",
@@ -92,7 +97,7 @@ const SETTINGS: &[Setting] = &[
         flag: "--log-file",
         env: "LOG_FILE",
         default: "logs/api.log",
-        help: "JSON-lines log file, relative to the working directory",
+        help: "JSON-lines log file, relative to the working directory; {hostname} is replaced",
     },
     Setting {
         flag: "--log-level",
@@ -153,6 +158,12 @@ const SETTINGS: &[Setting] = &[
         env: "GRACE",
         default: "5s",
         help: "on SIGTERM/SIGINT, time for in-flight requests to finish",
+    },
+    Setting {
+        flag: "--drain-delay",
+        env: "DRAIN_DELAY",
+        default: "0",
+        help: "on SIGTERM/SIGINT, time to keep accepting (with /health 503) before closing",
     },
     Setting {
         flag: "--trusted-proxies",
@@ -269,22 +280,18 @@ where
             .clone()
             .unwrap_or_else(|| (SETTINGS[i].default.to_string(), "default".into()))
     };
+    let host = get("--host");
     let cfg = Config {
-        host: typed(get("--host"), "an IP address such as 0.0.0.0", |s| {
+        host: typed(host.clone(), "an IP address such as :: or 0.0.0.0", |s| {
             IpAddr::from_str(s).map_err(drop)
         })?,
+        host_fallback: host.1 == "default",
         port: typed(
             get("--port"),
             "a port number 0-65535 (0: any free port)",
             parse_port,
         )?,
-        log_file: typed(get("--log-file"), "a file path", |s| {
-            if s.is_empty() {
-                Err(())
-            } else {
-                Ok(PathBuf::from(s))
-            }
-        })?,
+        log_file: log_file(get("--log-file"))?,
         log_level: typed(
             get("--log-level"),
             "error, warn, info, debug or off",
@@ -316,13 +323,16 @@ where
         idle_timeout: typed(get("--idle-timeout"), "a duration such as 75s", duration)?,
         body_timeout: typed(get("--body-timeout"), "a duration such as 10s", duration)?,
         write_timeout: typed(get("--write-timeout"), "a duration such as 10s", duration)?,
-        grace: typed(get("--grace"), "a duration such as 5s (0 allowed)", |s| {
-            if s.trim() == "0" {
-                Ok(Duration::ZERO)
-            } else {
-                duration(s)
-            }
-        })?,
+        grace: typed(
+            get("--grace"),
+            "a duration such as 5s (0 allowed)",
+            duration_or_zero,
+        )?,
+        drain_delay: typed(
+            get("--drain-delay"),
+            "a duration such as 5s (0 allowed)",
+            duration_or_zero,
+        )?,
         trusted_proxies: typed(
             get("--trusted-proxies"),
             "IPs or CIDRs, comma-separated",
@@ -401,7 +411,55 @@ fn parse_level(s: &str) -> Result<LevelFilter, ()> {
     }
 }
 
-/// `250ms`, `10s`, `2m`, or a bare number of seconds; zero is refused (use `grace` for that).
+/// A [`duration`], or `0`.
+fn duration_or_zero(s: &str) -> Result<Duration, ()> {
+    if s.trim() == "0" {
+        Ok(Duration::ZERO)
+    } else {
+        duration(s)
+    }
+}
+
+/// The placeholder in `LOG_FILE` that becomes this machine's [`hostname`].
+const HOSTNAME_PLACEHOLDER: &str = "{hostname}";
+
+/// `LOG_FILE` with `{hostname}` replaced, so that replicas sharing a volume each write a file
+/// of their own. A hostname that cannot be part of a file name is refused, not mangled.
+fn log_file((raw, origin): (String, String)) -> Result<PathBuf, ConfigError> {
+    if raw.is_empty() {
+        return Err(ConfigError(format!(
+            "invalid value '' for {origin}: expected a file path"
+        )));
+    }
+    if !raw.contains(HOSTNAME_PLACEHOLDER) {
+        return Ok(PathBuf::from(raw));
+    }
+    let host = hostname();
+    if host.contains(['/', '\0']) || host == "." || host == ".." {
+        return Err(ConfigError(format!(
+            "invalid value '{raw}' for {origin}: the hostname {host:?} cannot be part of a file name; set LOG_FILE without {HOSTNAME_PLACEHOLDER}"
+        )));
+    }
+    Ok(PathBuf::from(raw.replace(HOSTNAME_PLACEHOLDER, host)))
+}
+
+/// The kernel's hostname (the container id under Docker, the pod name under Kubernetes), read
+/// once: `GET /`, the `host` field of log records and `{hostname}` in `LOG_FILE` must agree.
+/// No libc call needed.
+pub fn hostname() -> &'static str {
+    static HOSTNAME: OnceLock<String> = OnceLock::new();
+    HOSTNAME.get_or_init(|| {
+        ["/proc/sys/kernel/hostname", "/etc/hostname"]
+            .iter()
+            .find_map(|p| std::fs::read_to_string(p).ok())
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "unknown".into())
+    })
+}
+
+/// `250ms`, `10s`, `2m`, or a bare number of seconds; zero is refused (use
+/// [`duration_or_zero`] where it means "none").
 fn duration(s: &str) -> Result<Duration, ()> {
     let s = s.trim();
     let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
@@ -497,7 +555,9 @@ mod tests {
     fn defaults_match_the_table() {
         let c = Config::default();
         assert_eq!(c.port, 8000);
-        assert_eq!(c.host.to_string(), "0.0.0.0");
+        assert_eq!(c.host.to_string(), "::");
+        assert!(c.host_fallback);
+        assert_eq!(c.drain_delay, Duration::ZERO);
         assert_eq!(c.log_file, PathBuf::from("logs/api.log"));
         assert_eq!(c.log_level, LevelFilter::Info);
         assert_eq!(c.event_sync, EventSync::None);
@@ -549,6 +609,62 @@ mod tests {
         let any: IpNet = "0.0.0.0/0".parse().unwrap();
         assert!(any.contains("8.8.8.8".parse().unwrap()));
         assert!("10.0.0.0/33".parse::<IpNet>().is_err());
+    }
+
+    #[test]
+    fn only_the_default_host_falls_back_to_ipv4() {
+        assert!(!serve(&[], &[("HOST", "::")]).host_fallback);
+        assert!(!serve(&["--host", "0.0.0.0"], &[]).host_fallback);
+        assert_eq!(serve(&[], &[("HOST", "::1")]).host.to_string(), "::1");
+    }
+
+    #[test]
+    fn drain_delay_takes_zero_and_durations() {
+        assert_eq!(
+            serve(&["--drain-delay", "0"], &[]).drain_delay,
+            Duration::ZERO
+        );
+        let c = serve(&[], &[("DRAIN_DELAY", "5s")]);
+        assert_eq!(c.drain_delay, Duration::from_secs(5));
+        let e = parse(["--drain-delay", "soon"], env_of(&[])).unwrap_err();
+        assert!(e.0.contains("'soon' for --drain-delay"), "{e}");
+    }
+
+    #[test]
+    fn log_file_hostname_placeholder_is_expanded() {
+        let c = serve(&[], &[("LOG_FILE", "logs/api-{hostname}.log")]);
+        assert_eq!(
+            c.log_file,
+            PathBuf::from(format!("logs/api-{}.log", hostname()))
+        );
+        assert!(!hostname().is_empty());
+        let c = serve(&["--log-file", "logs/{host}.log"], &[]);
+        assert_eq!(
+            c.log_file,
+            PathBuf::from("logs/{host}.log"),
+            "only {{hostname}}"
+        );
+        assert!(parse(["--log-file", ""], env_of(&[])).is_err());
+    }
+
+    /// Every setting has a row in the README's configuration table with the same default.
+    #[test]
+    fn readme_table_matches_settings() {
+        let readme = include_str!("../README.md");
+        for s in SETTINGS {
+            let row = format!("| `{}` | `{}` |", s.flag, s.env);
+            let line = readme
+                .lines()
+                .find(|l| l.starts_with(&row))
+                .unwrap_or_else(|| panic!("README has no row {row}"));
+            let default = line[row.len()..].split('|').next().unwrap_or("").trim();
+            let expected = if s.default.is_empty() {
+                "none".to_string()
+            } else {
+                format!("`{}`", s.default)
+            };
+            assert_eq!(default, expected, "README default of {}", s.flag);
+        }
     }
 
     #[test]

@@ -57,12 +57,15 @@ pub async fn create(
     let mut record = Vec::with_capacity(256 + bytes.len());
     write_record(
         &mut record,
-        &received_at,
-        id.as_bytes(),
-        &kind,
-        request_id,
-        client,
-        data,
+        &Record {
+            ts: &received_at,
+            host: app.sink.host_json(),
+            id: id.as_bytes(),
+            kind: &kind,
+            request_id,
+            client,
+            data,
+        },
     );
     app.sink
         .append_durable(&record)
@@ -83,33 +86,41 @@ pub async fn create(
     Ok(body::json_bytes(StatusCode::CREATED, answer))
 }
 
+/// The fields of an event's record.
+struct Record<'a> {
+    /// [`json::timestamp_bytes`] of when it was received.
+    ts: &'a [u8],
+    /// The replica's name, already a JSON string.
+    host: &'a [u8],
+    id: &'a [u8],
+    kind: &'a [u8],
+    request_id: RequestId<'a>,
+    client: IpAddr,
+    /// Minified JSON text, as sent.
+    data: Option<&'a [u8]>,
+}
+
 /// Writes the event's record, one line, through a stack buffer ([`Rec`], as the access record
 /// is): a `Line` appends to its `Vec` piece by piece, which costs more per event than the rest
 /// of the record's work. The ids are hex or checked (a [`RequestId`] is the proof) and the
 /// type was checked to be `[A-Za-z0-9._:-]`, so none needs escaping; `data` is JSON text
 /// checked and minified by [`rawjson`].
-fn write_record(
-    out: &mut Vec<u8>,
-    ts: &[u8],
-    id: &[u8],
-    kind: &[u8],
-    request_id: RequestId<'_>,
-    client: IpAddr,
-    data: Option<&[u8]>,
-) {
+fn write_record(out: &mut Vec<u8>, r: &Record<'_>) {
     let mut rec = Rec::new(out);
     rec.put(b"{\"ts\":\"");
-    rec.put(ts);
-    rec.put(b"\",\"level\":\"info\",\"msg\":\"event\",\"id\":\"");
-    rec.put(id);
+    rec.put(r.ts);
+    rec.put(b"\",\"level\":\"info\",\"msg\":\"event\",\"host\":");
+    rec.put(r.host);
+    rec.put(b",\"id\":\"");
+    rec.put(r.id);
     rec.put(b"\",\"type\":\"");
-    rec.put(kind);
+    rec.put(r.kind);
     rec.put(b"\",\"request_id\":\"");
-    rec.put(request_id.as_bytes());
+    rec.put(r.request_id.as_bytes());
     rec.put(b"\",\"client\":\"");
-    rec.ip(client);
+    rec.ip(r.client);
     rec.put(b"\"");
-    if let Some(data) = data {
+    if let Some(data) = r.data {
         rec.put(b",\"data\":");
         rec.put(data);
     }
@@ -257,54 +268,40 @@ mod tests {
     #[test]
     fn record_is_one_line_with_data_as_given() {
         let ts = json::timestamp_bytes(OffsetDateTime::UNIX_EPOCH);
-        let data = br#"{"n":1e400,"s":"\u2028\n"}"#;
-        let mut out = Vec::new();
-        let rid = RequestId::given(b"r-1:/+=@_.").unwrap();
-        write_record(
-            &mut out,
-            &ts,
-            b"0af",
-            b"a.b",
-            rid,
-            [10, 0, 0, 1].into(),
-            Some(data),
-        );
-        assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
+        let record = |data: Option<&[u8]>| {
+            let mut out = Vec::new();
+            let r = Record {
+                ts: &ts,
+                host: br#""web-1""#,
+                id: b"0af",
+                kind: b"a.b",
+                request_id: RequestId::given(b"r-1:/+=@_.").unwrap(),
+                client: [10, 0, 0, 1].into(),
+                data,
+            };
+            write_record(&mut out, &r);
+            assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
+            assert!(out.ends_with(b"\n"));
+            (serde_json::from_slice::<serde_json::Value>(&out).unwrap(), out)
+        };
+        let (v, out) = record(Some(br#"{"n":1e400,"s":"\u2028\n"}"#));
         assert!(out.ends_with(b",\"data\":{\"n\":1e400,\"s\":\"\\u2028\\n\"}}\n"));
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["ts"], "1970-01-01T00:00:00.000Z");
         assert_eq!(
             (v["level"].as_str(), v["msg"].as_str()),
             (Some("info"), Some("event"))
         );
+        assert_eq!(v["host"], "web-1");
         assert_eq!(
             (v["id"].as_str(), v["type"].as_str()),
             (Some("0af"), Some("a.b"))
         );
         assert_eq!(v["request_id"], "r-1:/+=@_.");
         assert_eq!(v["client"], "10.0.0.1");
-        let mut out = Vec::new();
+        // Data longer than the stack buffer, and no data.
         let long = "d".repeat(2000);
-        let data = format!("\"{long}\"");
-        let rid = RequestId::given(b"r").unwrap();
-        write_record(
-            &mut out,
-            &ts,
-            b"1",
-            b"t",
-            rid,
-            [0, 0, 0, 0].into(),
-            Some(data.as_bytes()),
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let (v, _) = record(Some(format!("\"{long}\"").as_bytes()));
         assert_eq!(v["data"], long.as_str());
-        let mut out = Vec::new();
-        write_record(&mut out, &ts, b"1", b"t", rid, [0, 0, 0, 0].into(), None);
-        assert!(
-            serde_json::from_slice::<serde_json::Value>(&out)
-                .unwrap()
-                .get("data")
-                .is_none()
-        );
+        assert!(record(None).0.get("data").is_none());
     }
 }

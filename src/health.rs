@@ -1,6 +1,10 @@
 //! Health, both sides: the `/health` handler, and the `--healthcheck` probe that a scratch
 //! image runs as its Docker HEALTHCHECK (no shell or curl there). The probe speaks just
 //! enough HTTP/1.1 over a blocking socket to need no runtime, and starts no server and no log.
+//!
+//! `/health` is readiness: whether this replica should get traffic now. It fails while the
+//! log cannot be written and while draining. Liveness (whether to restart the process) is
+//! `GET /`, which answers whenever the server does: a restart fixes neither case.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
@@ -10,9 +14,9 @@ use hyper::body::Bytes;
 use hyper::{Response, StatusCode};
 use serde_json::json;
 
+use crate::app::App;
 use crate::body::{self, Body};
 use crate::config::Config;
-use crate::logging::Sink;
 
 /// User-Agent prefix of the probe; its requests are access-logged at debug level only.
 pub const PROBE_AGENT: &[u8] = b"api-healthcheck/";
@@ -21,9 +25,16 @@ pub const PROBE_AGENT: &[u8] = b"api-healthcheck/";
 /// server gets our one-line verdict rather than Docker's kill.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 
-/// `GET /health`: 200 `{"status":"ok"}` while the log can be written, else 503 with the reason.
-pub fn respond(sink: &Sink) -> Response<Body> {
-    match sink.failure() {
+/// `GET /health`: 503 `{"status":"draining"}` once shutdown is requested; otherwise 200
+/// `{"status":"ok"}` while the log can be written, else 503 with the reason.
+pub fn respond(app: &App) -> Response<Body> {
+    if app.draining() {
+        return body::json_bytes(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Bytes::from_static(br#"{"status":"draining"}"#),
+        );
+    }
+    match app.sink.failure() {
         None => body::json_bytes(StatusCode::OK, Bytes::from_static(br#"{"status":"ok"}"#)),
         Some(reason) => body::json(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -32,32 +43,51 @@ pub fn respond(sink: &Sink) -> Response<Body> {
     }
 }
 
+/// Where the server `cfg` describes can be reached from this machine, in the order to try.
+/// A wildcard listen address is reachable on loopback: `::` on `::1`, or on `127.0.0.1` where
+/// `::1` does not exist (a container without IPv6) or the server fell back to `0.0.0.0`.
+fn probe_addrs(cfg: &Config) -> Vec<SocketAddr> {
+    let ips = match cfg.host {
+        IpAddr::V4(v4) if v4.is_unspecified() => vec![Ipv4Addr::LOCALHOST.into()],
+        IpAddr::V6(v6) if v6.is_unspecified() => {
+            vec![Ipv6Addr::LOCALHOST.into(), Ipv4Addr::LOCALHOST.into()]
+        }
+        ip => vec![ip],
+    };
+    ips.into_iter()
+        .map(|ip| SocketAddr::new(ip, cfg.port))
+        .collect()
+}
+
 /// Probes `GET /health` of the server `cfg` describes. `Ok` holds the line to print for a
 /// healthy answer, `Err` the line for anything else.
 pub fn probe(cfg: &Config) -> Result<String, String> {
-    // A wildcard listen address is reachable on loopback.
-    let ip = match cfg.host {
-        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    let addr = SocketAddr::new(ip, cfg.port);
-    let unhealthy = |why: String| format!("unhealthy: {addr}: {why}");
-
     let deadline = Instant::now() + PROBE_TIMEOUT;
-    let mut stream = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT)
-        .map_err(|e| unhealthy(format!("cannot connect: {e}")))?;
     // What is left of the budget (never zero: a zero timeout means none).
-    let left = || {
-        Some(
-            deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(1)),
-        )
+    let remaining = || {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1))
     };
+    // The first address that takes the connection is the server's; what it answers is final.
+    let mut refused = Vec::new();
+    let mut connected = None;
+    for addr in probe_addrs(cfg) {
+        match TcpStream::connect_timeout(&addr, remaining()) {
+            Ok(stream) => {
+                connected = Some((addr, stream));
+                break;
+            }
+            Err(e) => refused.push(format!("{addr}: cannot connect: {e}")),
+        }
+    }
+    let Some((addr, mut stream)) = connected else {
+        return Err(format!("unhealthy: {}", refused.join("; ")));
+    };
+    let unhealthy = |why: String| format!("unhealthy: {addr}: {why}");
     stream
-        .set_write_timeout(left())
-        .and_then(|()| stream.set_read_timeout(left()))
+        .set_write_timeout(Some(remaining()))
+        .and_then(|()| stream.set_read_timeout(Some(remaining())))
         .map_err(|e| unhealthy(e.to_string()))?;
     let request = format!(
         "GET /health HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: api-healthcheck/{}\r\nConnection: close\r\n\r\n",

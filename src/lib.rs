@@ -6,14 +6,15 @@
 //!
 //! A request flows down this list, and no module uses one above it (`main.rs` uses them all).
 //!
-//! - [`server`]: the accept loop, the connection cap and the graceful drain; `server::conn`
-//!   wraps each socket with the header, idle and write timeouts.
+//! - [`server`]: the listener (dual-stack by default), the accept loop, the connection cap and
+//!   the graceful shutdown; `server::drain` keeps serving for the drain delay, and
+//!   `server::conn` wraps each socket with the header, idle and write timeouts.
 //! - [`shutdown`]: SIGTERM/SIGINT into a shutdown request, SIGHUP into a log reopen.
 //! - [`routes`]: the router and the per-request envelope (request id, head checks, client
 //!   address, access record).
 //! - [`events`]: `POST /events`, the bounded body reader and the event record.
-//! - [`health`]: `/health`, and the `--healthcheck` probe.
-//! - [`app`]: the state connections share (configuration, sink, ids, counters).
+//! - [`health`]: `/health` (readiness), and the `--healthcheck` probe.
+//! - [`app`]: the state connections share (configuration, sink, ids, counters, draining).
 //! - [`error`], [`body`]: HTTP errors as JSON answers, and the response body type.
 //! - [`logging`]: the log file's sink (buffered access records, durable event records, the
 //!   writer thread) and the fern logger for diagnostics.
@@ -21,7 +22,8 @@
 //!   keys; never re-encodes).
 //! - [`json`]: the one JSON writer (escaping, numbers, timestamps, log lines).
 //! - [`ids`]: request and event identifiers.
-//! - [`config`]: settings from environment variables and flags, and their validation.
+//! - [`config`]: settings from environment variables and flags, and their validation; the
+//!   hostname that names this replica.
 //! - [`prepare`]: `--prepare-logs`, run as root before the service starts.
 
 pub mod app;

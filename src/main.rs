@@ -3,7 +3,6 @@
 //! 1 for a runtime failure (log file, port, forced shutdown, unhealthy probe),
 //! 2 for bad usage or configuration.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -88,7 +87,7 @@ fn serve(cfg: Config) -> ExitCode {
     };
 
     let result = runtime.block_on(async {
-        let listener = server::bind(SocketAddr::new(cfg.host, cfg.port)).await?;
+        let listener = server::listen(&cfg).await?;
         let shutdown = shutdown::listen(sink.clone())?;
         log::info!(
             addr:% = listener.local_addr()?,
@@ -97,7 +96,8 @@ fn serve(cfg: Config) -> ExitCode {
             log_level:% = cfg.log_level.as_str().to_ascii_lowercase(),
             max_connections = cfg.max_connections as u64,
             max_body_bytes = cfg.max_body_bytes as u64,
-            grace_ms = cfg.grace.as_millis() as u64;
+            grace_ms = cfg.grace.as_millis() as u64,
+            drain_delay_ms = cfg.drain_delay.as_millis() as u64;
             "listening"
         );
         api::run(listener, Arc::new(App::new(cfg, sink.clone())), shutdown).await

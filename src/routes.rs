@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use hyper::body::Incoming;
-use hyper::header::{HOST, HeaderName, HeaderValue, USER_AGENT};
+use hyper::header::{CONNECTION, HOST, HeaderName, HeaderValue, USER_AGENT};
 use hyper::http::request::Parts;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use log::Level;
@@ -61,7 +61,10 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp
             (RequestId::from(&generated), v)
         }
     };
-    let client = client_ip(&app.cfg, peer.ip(), &head.headers);
+    // An IPv4 client of the dual-stack listener arrives as ::ffff:a.b.c.d; it is logged,
+    // matched and recognised as the IPv4 address it is.
+    let peer_ip = peer.ip().to_canonical();
+    let client = client_ip(&app.cfg, peer_ip, &head.headers);
 
     let result = match check_head(&head, app.cfg.max_header_bytes) {
         Err(e) => Err(e),
@@ -70,6 +73,12 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp
     let mut resp = result.unwrap_or_else(ApiError::into_response);
     resp.headers_mut()
         .insert(X_REQUEST_ID.clone(), request_id.clone());
+    if app.draining() {
+        // hyper closes the connection after this answer: a keep-alive client reconnects,
+        // through its load balancer, to a replica that is not going away.
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     app.requests.fetch_add(1, Ordering::Relaxed);
     let end = Instant::now();
 
@@ -78,7 +87,7 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp
         .headers
         .get(USER_AGENT)
         .map_or(&b""[..], |v| v.as_bytes());
-    let probe = peer.ip().is_loopback() && user_agent.starts_with(health::PROBE_AGENT);
+    let probe = peer_ip.is_loopback() && user_agent.starts_with(health::PROBE_AGENT);
     let level = if probe { Level::Debug } else { Level::Info };
     if app.sink.enabled(level) {
         let bytes = if head.method == Method::HEAD {
@@ -120,7 +129,7 @@ async fn route(
 ) -> Result<Response<Body>, ApiError> {
     match (&head.method, head.uri.path()) {
         (&Method::GET | &Method::HEAD, "/") => Ok(info(app)),
-        (&Method::GET | &Method::HEAD, "/health") => Ok(health::respond(&app.sink)),
+        (&Method::GET | &Method::HEAD, "/health") => Ok(health::respond(app)),
         (&Method::POST, "/events") => events::create(app, head, body, request_id, client).await,
         (_, "/" | "/health") => Err(ApiError::MethodNotAllowed("GET, HEAD")),
         (_, "/events") => Err(ApiError::MethodNotAllowed("POST")),
@@ -192,7 +201,7 @@ fn client_ip(cfg: &Config, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
             return client;
         };
         for hop in value.rsplit(',') {
-            match hop.trim().parse::<IpAddr>() {
+            match hop.trim().parse::<IpAddr>().map(|ip| ip.to_canonical()) {
                 Ok(ip) => {
                     client = ip;
                     if !trusted(ip) {
@@ -251,6 +260,11 @@ mod tests {
         assert_eq!(
             client_ip(&cfg, ip("10.0.0.2"), &xff(&["garbage"])),
             ip("10.0.0.2")
+        );
+        // A hop written as an IPv4-mapped IPv6 address is that IPv4 address.
+        assert_eq!(
+            client_ip(&cfg, ip("10.0.0.2"), &xff(&["::ffff:5.6.7.8"])),
+            ip("5.6.7.8")
         );
     }
 }

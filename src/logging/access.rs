@@ -32,21 +32,25 @@ pub struct Access<'a> {
     pub user_agent: &'a [u8],
 }
 
-/// Appends one access record to `buf` (see the module's doc).
+/// Appends one access record to `buf` (see the module's doc). `host` is the replica's name,
+/// already a JSON string.
 pub(super) fn access_record(
     buf: &mut Vec<u8>,
     clock: &mut Clock,
     now: Duration,
     level: Level,
+    host: &[u8],
     a: &Access<'_>,
 ) {
     let mut rec = Rec::new(buf);
     rec.put(b"{\"ts\":\"");
     clock.write(&mut rec, now);
     rec.put(match level {
-        Level::Debug | Level::Trace => b"\",\"level\":\"debug\",\"msg\":\"access\",\"method\":",
-        _ => b"\",\"level\":\"info\",\"msg\":\"access\",\"method\":",
+        Level::Debug | Level::Trace => b"\",\"level\":\"debug\",\"msg\":\"access\",\"host\":",
+        _ => b"\",\"level\":\"info\",\"msg\":\"access\",\"host\":",
     });
+    rec.put(host);
+    rec.put(b",\"method\":");
     json_bytes(&mut rec, a.method.as_bytes());
     rec.put(b",\"path\":");
     json_str(&mut rec, a.path);
@@ -149,8 +153,9 @@ mod tests {
             user_agent: b"ua\xff",
         };
         let now = Duration::new(1_764_134_415, 7_000_000);
-        access_record(&mut buf, &mut clock, now, Level::Debug, &a);
-        access_record(&mut buf, &mut clock, now, Level::Info, &a);
+        let host = br#""web-1""#;
+        access_record(&mut buf, &mut clock, now, Level::Debug, host, &a);
+        access_record(&mut buf, &mut clock, now, Level::Info, host, &a);
         let lines: Vec<serde_json::Value> = buf
             .split(|&b| b == b'\n')
             .filter(|l| !l.is_empty())
@@ -164,6 +169,7 @@ mod tests {
             (Some("debug"), Some("info"))
         );
         assert_eq!(v["msg"], "access");
+        assert_eq!(v["host"], "web-1");
         assert_eq!(v["method"], "PROPPATCH");
         assert_eq!(v["path"], "/a\"b");
         assert_eq!(v["status"], 599);
@@ -184,7 +190,7 @@ mod tests {
             ..a
         };
         let mut buf = Vec::new();
-        access_record(&mut buf, &mut clock, now, Level::Info, &long);
+        access_record(&mut buf, &mut clock, now, Level::Info, host, &long);
         assert_eq!(buf.iter().filter(|&&b| b == b'\n').count(), 1);
         let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
         assert_eq!(

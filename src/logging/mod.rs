@@ -29,11 +29,13 @@ pub use stderr::to_stderr;
 /// lines. Key-value pairs given to `log` macros become fields.
 pub fn init(level: LevelFilter, sink: &Sink) -> Result<(), log::SetLoggerError> {
     let file = sink.clone();
+    let host = sink.host();
     fern::Dispatch::new()
         .level(level)
-        .format(|out, message, record| {
+        .format(move |out, message, record| {
             let mut buf = Vec::with_capacity(256);
             let mut line = Line::start(&mut buf, record.level(), &message.to_string());
+            line.str("host", host);
             let mut fields = Fields(&mut line);
             let _ = record.key_values().visit(&mut fields);
             line.finish();

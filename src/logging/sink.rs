@@ -32,8 +32,8 @@ use tokio::sync::oneshot;
 use super::access::{Access, Clock, access_record};
 use super::file::{open_append, open_error, public_reason, write_batch};
 use super::stderr;
-use crate::config::EventSync;
-use crate::json::Line;
+use crate::config::{self, EventSync};
+use crate::json::{Line, json_str};
 
 /// Longest time a buffered record waits before the background thread writes it.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
@@ -49,6 +49,10 @@ pub struct Sink(Arc<Shared>);
 
 struct Shared {
     path: PathBuf,
+    /// The replica's name, for the `host` field of every record: as text, and as a JSON
+    /// string for the access and event records, which copy it rather than escape it each time.
+    host: &'static str,
+    host_json: Box<[u8]>,
     sync: EventSync,
     access: bool,
     debug: bool,
@@ -123,10 +127,16 @@ impl Sink {
     /// Opens (creating if needed) `path` and its directory, and starts the background thread.
     /// `level` decides whether access records (info) and health-probe records (debug) are kept;
     /// `sync`, whether event records are synced to the disk before they are acknowledged.
+    /// Every record names the replica that wrote it: `host`, the [`config::hostname`].
     pub fn open(path: &Path, level: LevelFilter, sync: EventSync) -> Result<Sink, OpenError> {
         let file = open_append(path, sync).map_err(|e| OpenError(open_error(path, &e)))?;
+        let host = config::hostname();
+        let mut host_json = Vec::new();
+        json_str(&mut host_json, host);
         let shared = Arc::new(Shared {
             path: path.to_path_buf(),
+            host,
+            host_json: host_json.into(),
             sync,
             access: level >= LevelFilter::Info,
             debug: level >= LevelFilter::Debug,
@@ -148,6 +158,16 @@ impl Sink {
             .map_err(|e| OpenError(format!("cannot start the log writer thread: {e}")))?;
         *lock(&shared.writer) = Some(handle);
         Ok(Sink(shared))
+    }
+
+    /// The replica's name, which every record carries as `host`.
+    pub fn host(&self) -> &'static str {
+        self.0.host
+    }
+
+    /// [`Sink::host`] as a JSON string, for records written without a `Line`.
+    pub fn host_json(&self) -> &[u8] {
+        &self.0.host_json
     }
 
     /// Whether records of `level` are kept (access records are info, probe records debug).
@@ -174,7 +194,7 @@ impl Sink {
         let was_empty = p.buf.is_empty();
         let Pending { buf, clock, .. } = &mut *p;
         let now = clock.since_epoch(a.at);
-        access_record(buf, clock, now, level, a);
+        access_record(buf, clock, now, level, &self.0.host_json, a);
         self.appended(p, was_empty);
     }
 
@@ -340,7 +360,8 @@ fn commit(shared: &Shared) -> MutexGuard<'_, Output> {
             .unwrap_or_default();
         let mut notice = Vec::with_capacity(256);
         let mut line = Line::start(&mut notice, Level::Warn, "log file writable again");
-        line.str("previous_error", &reason)
+        line.str("host", shared.host)
+            .str("previous_error", &reason)
             .u64("unwritten_records", out_ref.unwritten);
         line.finish();
         offset = notice.len();

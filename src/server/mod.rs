@@ -1,10 +1,12 @@
 //! The accept loop: one tokio task per connection, served by hyper's HTTP/1.1 connection
 //! driver over a guarded socket (`conn`), at most `max_connections` at once, and a graceful
-//! drain on shutdown. hyper's own header timer is off: it allocates and registers a timer for
-//! every request, where `conn::Guarded` keeps one per connection.
+//! shutdown in two phases: serving on for `DRAIN_DELAY` (`drain`), then closing the listener
+//! and letting in-flight requests finish within `GRACE`. hyper's own header timer is off: it
+//! allocates and registers a timer for every request, where `conn::Guarded` keeps one per
+//! connection.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,10 +19,12 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::config::Config;
 use crate::routes::{self, App};
 use crate::shutdown::Shutdown;
 
 mod conn;
+mod drain;
 
 use conn::{Activity, Drain, Guarded};
 
@@ -28,9 +32,10 @@ use conn::{Activity, Drain, Guarded};
 /// descriptors), so the loop waits for resources instead of spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Serves `listener` until `shutdown` is requested, then stops accepting, lets in-flight
-/// requests finish within the grace period and closes idle connections. A second request or
-/// an expired grace period ends it early with an error naming the reason.
+/// Serves `listener` until `shutdown` is requested and the drain delay has passed, then stops
+/// accepting, lets in-flight requests finish within the grace period and closes idle
+/// connections. A second request or an expired grace period ends it early with an error
+/// naming the reason.
 pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -> io::Result<()> {
     let mut http = http1::Builder::new();
     http.header_read_timeout(None)
@@ -42,6 +47,8 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
     let limit = Arc::new(Semaphore::new(app.cfg.max_connections));
     let graceful = GracefulShutdown::new();
     let drain = Arc::new(Drain::default());
+    let closing = drain::listener_closes(&app, shutdown.clone());
+    tokio::pin!(closing);
 
     loop {
         // Take a permit before accepting: past the cap, clients wait in the listen backlog.
@@ -49,7 +56,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
             permit = limit.clone().acquire_owned() => {
                 permit.expect("the connection semaphore is never closed")
             }
-            () = shutdown.requested() => break,
+            () = &mut closing => break,
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -62,7 +69,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
                     continue;
                 }
             },
-            () = shutdown.requested() => break,
+            () = &mut closing => break,
         };
         // Small JSON answers: don't let Nagle hold them back.
         let _ = stream.set_nodelay(true);
@@ -94,8 +101,14 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
 
     let grace = app.cfg.grace;
     let open = app.cfg.max_connections - limit.available_permits();
-    log::info!(connections = open as u64, grace_ms = grace.as_millis() as u64; "draining");
+    log::info!(connections = open as u64, grace_ms = grace.as_millis() as u64; "listener closed");
     tokio::select! {
+        // A second request that ended the drain delay must not be read as a clean drain.
+        biased;
+        () = shutdown.forced() => {
+            log::warn!("second shutdown request; closing the remaining connections");
+            Err(io::Error::other("shutdown forced by a second signal"))
+        }
         () = graceful.shutdown() => {
             log::info!("drained; shutting down");
             Ok(())
@@ -104,10 +117,6 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
             let open = app.cfg.max_connections - limit.available_permits();
             log::warn!(connections = open as u64; "grace period expired; closing the remaining connections");
             Err(io::Error::other(format!("grace period of {grace:?} expired with {open} connections open")))
-        }
-        () = shutdown.forced() => {
-            log::warn!("second shutdown request; closing the remaining connections");
-            Err(io::Error::other("shutdown forced by a second signal"))
         }
     }
 }
@@ -123,19 +132,71 @@ fn per_connection(e: &io::Error) -> bool {
     )
 }
 
-/// Binds the configured address, naming it in the error.
-pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| {
-        let hint = match e.kind() {
-            io::ErrorKind::AddrInUse => {
-                "; another process holds it: stop that one or choose another --port/PORT"
-            }
-            io::ErrorKind::PermissionDenied => {
-                "; ports below 1024 need privileges: choose --port/PORT above 1023"
-            }
-            io::ErrorKind::AddrNotAvailable => "; no interface has that address: check --host/HOST",
-            _ => "",
-        };
-        io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}{hint}"))
-    })
+/// Binds the configured address, naming it in the error. The default `::` takes IPv4 and
+/// IPv6 clients (IPv4 ones as `::ffff:a.b.c.d`, unless `net.ipv6.bindv6only` is set; neither
+/// tokio nor std can clear `IPV6_V6ONLY` without unsafe code or another crate) and falls back
+/// to `0.0.0.0` where the kernel has IPv6 off. An address the user chose has no fallback.
+pub async fn listen(cfg: &Config) -> io::Result<TcpListener> {
+    let addr = SocketAddr::new(cfg.host, cfg.port);
+    let listener = match TcpListener::bind(addr).await {
+        Err(e) if cfg.host_fallback && ipv6_unavailable(&e) => {
+            let v4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), cfg.port);
+            log::info!(error:% = e; "IPv6 is off in this kernel; listening on IPv4 only");
+            TcpListener::bind(v4).await.map_err(|e| bind_error(v4, e))?
+        }
+        bound => bound.map_err(|e| bind_error(addr, e))?,
+    };
+    if addr.ip() == Ipv6Addr::UNSPECIFIED && v6_only_by_default() {
+        log::warn!(
+            "net.ipv6.bindv6only is 1: IPv4 clients cannot reach [::]; set HOST=0.0.0.0 for them"
+        );
+    }
+    Ok(listener)
+}
+
+/// Whether a bind to `::` failed because this kernel has no usable IPv6: no IPv6 sockets at all
+/// (EAFNOSUPPORT, booted with `ipv6.disable=1`) or no `::` to bind (EADDRNOTAVAIL).
+fn ipv6_unavailable(e: &io::Error) -> bool {
+    // Linux's number; std maps it to no ErrorKind of its own.
+    const EAFNOSUPPORT: i32 = 97;
+    e.kind() == io::ErrorKind::AddrNotAvailable || e.raw_os_error() == Some(EAFNOSUPPORT)
+}
+
+/// Whether new IPv6 sockets take IPv6 clients only (the sysctl's default is 0).
+fn v6_only_by_default() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv6/bindv6only").is_ok_and(|v| v.trim() == "1")
+}
+
+/// A bind error that names the address and says what to do.
+fn bind_error(addr: SocketAddr, e: io::Error) -> io::Error {
+    let hint = match e.kind() {
+        io::ErrorKind::AddrInUse => {
+            "; another process holds it: stop that one or choose another --port/PORT"
+        }
+        io::ErrorKind::PermissionDenied => {
+            "; ports below 1024 need privileges: choose --port/PORT above 1023"
+        }
+        io::ErrorKind::AddrNotAvailable => "; no interface has that address: check --host/HOST",
+        _ => "",
+    };
+    io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}{hint}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_off_is_recognised_by_errno() {
+        assert!(ipv6_unavailable(&io::Error::from_raw_os_error(97)));
+        assert!(ipv6_unavailable(&io::Error::from(
+            io::ErrorKind::AddrNotAvailable
+        )));
+        assert!(!ipv6_unavailable(&io::Error::from(
+            io::ErrorKind::AddrInUse
+        )));
+        assert!(!ipv6_unavailable(&io::Error::from(
+            io::ErrorKind::PermissionDenied
+        )));
+    }
 }

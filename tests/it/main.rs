@@ -19,5 +19,10 @@ mod limits;
 mod logs;
 /// The binary: configuration errors, signals, `--healthcheck`.
 mod process;
+/// A rolling restart behind a balancer that lags, with and without DRAIN_DELAY.
+mod race;
+/// Running as one of several replicas: drain delay, readiness vs liveness, dual stack,
+/// per-replica log files.
+mod replicas;
 /// Routes, statuses, bodies and headers.
 mod routes;

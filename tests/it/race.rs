@@ -1,0 +1,369 @@
+//! The Kubernetes race without Kubernetes: replicas behind a round-robin TCP forwarder that,
+//! like the endpoints controller and kube-proxy, stops sending a replica new connections only
+//! a while after that replica got SIGTERM, and never retries. The replicas are restarted one
+//! by one under GET and POST load. Also the small keep-alive HTTP client the load uses, which
+//! tells every way a request can fail apart instead of panicking.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
+
+/// Longest one request may take before the load counts it as failed.
+const REQUEST_LIMIT: Duration = Duration::from_secs(5);
+
+/// How one request ended, as a client sees it.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A whole answer: status, whether the server closes the connection after it, body.
+    Answered {
+        status: u16,
+        close: bool,
+        body: Vec<u8>,
+    },
+    /// No whole answer: what went wrong ("connect", "closed", "reset", "timeout").
+    Failed(&'static str),
+}
+
+/// An HTTP/1.1 client on one connection at a time: it reuses the connection (keep-alive)
+/// unless told to close or the server said `Connection: close`, and reconnects lazily.
+pub struct Client {
+    addr: SocketAddr,
+    keep_alive: bool,
+    conn: Option<TcpStream>,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr, keep_alive: bool) -> Client {
+        Client {
+            addr,
+            keep_alive,
+            conn: None,
+        }
+    }
+
+    /// Sends one request to `path` (a GET, or with a JSON body a POST) and reads its answer.
+    pub async fn send(&mut self, path: &str, json: Option<&str>) -> Outcome {
+        let close = if self.keep_alive {
+            ""
+        } else {
+            "Connection: close\r\n"
+        };
+        let request = match json {
+            None => format!("GET {path} HTTP/1.1\r\nHost: race\r\n{close}\r\n"),
+            Some(body) => format!(
+                "POST {path} HTTP/1.1\r\nHost: race\r\n{close}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        };
+        let outcome = match tokio::time::timeout(REQUEST_LIMIT, self.exchange(&request)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Outcome::Failed("timeout"),
+        };
+        if !matches!(outcome, Outcome::Answered { close: false, .. }) || !self.keep_alive {
+            self.conn = None;
+        }
+        outcome
+    }
+
+    async fn exchange(&mut self, request: &str) -> Outcome {
+        if self.conn.is_none() {
+            match TcpStream::connect(self.addr).await {
+                Ok(s) => self.conn = Some(s),
+                Err(_) => return Outcome::Failed("connect"),
+            }
+        }
+        let conn = self.conn.as_mut().expect("connected above");
+        if conn.write_all(request.as_bytes()).await.is_err() {
+            return Outcome::Failed("reset");
+        }
+        read_answer(conn).await
+    }
+}
+
+/// Reads one answer from `conn`, or says how the connection ended before a whole one came.
+pub async fn read_answer(conn: &mut TcpStream) -> Outcome {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(outcome) = parse_answer(&buf) {
+            return outcome;
+        }
+        match conn.read(&mut chunk).await {
+            Ok(0) => return Outcome::Failed("closed"),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => return Outcome::Failed("reset"),
+        }
+    }
+}
+
+/// The answer in `buf`, once it is complete (the service always sends Content-Length).
+fn parse_answer(buf: &[u8]) -> Option<Outcome> {
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let (mut len, mut close) = (0, false);
+    for (name, value) in lines.filter_map(|l| l.split_once(':')) {
+        match name.trim() {
+            "content-length" => len = value.trim().parse().ok()?,
+            "connection" => close = value.trim() == "close",
+            _ => {}
+        }
+    }
+    let body = buf.get(head_end..head_end + len)?.to_vec();
+    Some(Outcome::Answered {
+        status,
+        close,
+        body,
+    })
+}
+
+/// The backends a forwarder sends new connections to, in turn.
+#[derive(Default)]
+struct Pool {
+    backends: Mutex<Vec<SocketAddr>>,
+    next: AtomicUsize,
+}
+
+impl Pool {
+    fn pick(&self) -> SocketAddr {
+        let backends = self.backends.lock().unwrap();
+        backends[self.next.fetch_add(1, Ordering::Relaxed) % backends.len()]
+    }
+
+    fn add(&self, addr: SocketAddr) {
+        self.backends.lock().unwrap().push(addr);
+    }
+
+    fn remove(&self, addr: SocketAddr) {
+        self.backends.lock().unwrap().retain(|a| *a != addr);
+    }
+}
+
+/// An L4 balancer: each client connection is piped to the next backend. A backend that
+/// refuses is not retried: the client's connection just closes, as with kube-proxy.
+async fn forward(listener: TcpListener, pool: Arc<Pool>) {
+    while let Ok((mut client, _)) = listener.accept().await {
+        let backend = pool.pick();
+        tokio::spawn(async move {
+            if let Ok(mut upstream) = TcpStream::connect(backend).await {
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            }
+        });
+    }
+}
+
+/// What the load saw.
+#[derive(Default)]
+struct Tally {
+    requests: AtomicU64,
+    failures: Mutex<HashMap<String, u64>>,
+    /// Ids of the events answered 201.
+    acknowledged: Mutex<Vec<String>>,
+}
+
+impl Tally {
+    fn fail(&self, why: &str) {
+        *self.failures.lock().unwrap().entry(why.into()).or_default() += 1;
+    }
+
+    fn failed(&self) -> u64 {
+        self.failures.lock().unwrap().values().sum()
+    }
+}
+
+/// Most requests one run may send, whatever the time: the load is bounded in count too.
+const MAX_REQUESTS: u64 = 100_000;
+
+/// One client of the load: GET / or POST /events, keep-alive or a connection per request,
+/// with a short pause between requests: the race needs new connections during the lag, not
+/// a flood on a shared machine.
+async fn load(
+    addr: SocketAddr,
+    post: bool,
+    keep_alive: bool,
+    stop: Arc<AtomicBool>,
+    t: Arc<Tally>,
+) {
+    let mut client = Client::new(addr, keep_alive);
+    while !stop.load(Ordering::Relaxed) && t.requests.fetch_add(1, Ordering::Relaxed) < MAX_REQUESTS
+    {
+        let outcome = if post {
+            client.send("/events", Some(r#"{"type":"race"}"#)).await
+        } else {
+            client.send("/", None).await
+        };
+        match outcome {
+            Outcome::Answered {
+                status: 201, body, ..
+            } if post => {
+                let answer: serde_json::Value = serde_json::from_slice(&body).expect("201 is JSON");
+                let id = answer["id"]
+                    .as_str()
+                    .expect("201 names the event")
+                    .to_string();
+                t.acknowledged.lock().unwrap().push(id);
+            }
+            Outcome::Answered { status: 200, .. } if !post => {}
+            Outcome::Answered { status, .. } => t.fail(&format!("status {status}")),
+            Outcome::Failed(why) => t.fail(why),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// How many replicas run at once, as in the Kubernetes manifests.
+const REPLICAS: usize = 3;
+
+/// Like the endpoints controller: how long after a replica's SIGTERM the forwarder still
+/// sends it new connections.
+const ENDPOINTS_LAG: Duration = Duration::from_secs(1);
+
+/// Starts replica `slot`, appending to its slot's log file across restarts.
+fn replica(dir: &Path, slot: usize, drain_delay: &str) -> Api {
+    let log = dir.join(format!("logs/api-{slot}.log"));
+    Api::start(api_command(dir, &log, &[("DRAIN_DELAY", drain_delay)]))
+}
+
+/// The figures of one run.
+struct Figures {
+    requests: u64,
+    failed: u64,
+    failures: HashMap<String, u64>,
+    acknowledged: Vec<String>,
+    /// How many times each event id appears in the replicas' log files.
+    logged: HashMap<String, u64>,
+}
+
+/// Runs `REPLICAS` replicas behind the forwarder under load and restarts each in turn the way a
+/// rolling update does: the new one starts, the old one gets SIGTERM and leaves the pool
+/// `ENDPOINTS_LAG` later. Every replica must exit 0.
+fn rolling_restart(drain_delay: &str) -> Figures {
+    let dir = TempDir::new();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let pool = Arc::new(Pool::default());
+    let mut replicas: Vec<Api> = (0..REPLICAS)
+        .map(|slot| replica(&dir.0, slot, drain_delay))
+        .collect();
+    for r in &replicas {
+        pool.add(r.addr);
+    }
+    let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+    let front = listener.local_addr().unwrap();
+    rt.spawn(forward(listener, Arc::clone(&pool)));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let clients: Vec<_> = [(false, true), (true, true), (false, false), (true, false)]
+        .iter()
+        .cycle()
+        .take(8)
+        .map(|&(post, keep_alive)| {
+            rt.spawn(load(
+                front,
+                post,
+                keep_alive,
+                Arc::clone(&stop),
+                Arc::clone(&tally),
+            ))
+        })
+        .collect();
+
+    std::thread::sleep(Duration::from_millis(300));
+    for (slot, running) in replicas.iter_mut().enumerate() {
+        let new = replica(&dir.0, slot, drain_delay);
+        pool.add(new.addr);
+        let mut old = std::mem::replace(running, new);
+        old.signal("TERM");
+        std::thread::sleep(ENDPOINTS_LAG);
+        pool.remove(old.addr);
+        assert_eq!(
+            old.wait_exit(Duration::from_secs(30)),
+            Some(0),
+            "{}",
+            old.stderr()
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        rt.block_on(c).unwrap();
+    }
+    for mut r in replicas {
+        r.signal("TERM");
+        assert_eq!(
+            r.wait_exit(Duration::from_secs(30)),
+            Some(0),
+            "{}",
+            r.stderr()
+        );
+    }
+
+    let mut logged = HashMap::new();
+    for slot in 0..REPLICAS {
+        for rec in read_records(&dir.0.join(format!("logs/api-{slot}.log"))) {
+            if rec["msg"] == "event" {
+                let id = rec["id"].as_str().expect("events have ids").to_string();
+                *logged.entry(id).or_default() += 1;
+            }
+        }
+    }
+    let figures = Figures {
+        requests: tally.requests.load(Ordering::Relaxed).min(MAX_REQUESTS),
+        failed: tally.failed(),
+        failures: tally.failures.lock().unwrap().clone(),
+        acknowledged: tally.acknowledged.lock().unwrap().clone(),
+        logged,
+    };
+    eprintln!(
+        "race, DRAIN_DELAY={drain_delay}: {} requests, {} failed {:?}, {} events acknowledged, {} logged",
+        figures.requests,
+        figures.failed,
+        figures.failures,
+        figures.acknowledged.len(),
+        figures.logged.len()
+    );
+    figures
+}
+
+/// Every acknowledged event is in the logs exactly once, and no event is logged twice.
+fn assert_events_exactly_once(f: &Figures) {
+    assert!(!f.acknowledged.is_empty(), "the load posted events");
+    for id in &f.acknowledged {
+        assert_eq!(f.logged.get(id), Some(&1), "event {id} in the logs");
+    }
+    assert!(f.logged.values().all(|&n| n == 1), "an event logged twice");
+}
+
+/// With DRAIN_DELAY=0 the rolling restart fails requests: the test can see the race.
+#[test]
+fn race_without_drain_delay_fails_requests() {
+    let f = rolling_restart("0");
+    assert!(
+        f.failed > 0,
+        "no request failed: the race was not reproduced"
+    );
+    assert_events_exactly_once(&f);
+}
+
+/// With a DRAIN_DELAY longer than the balancer's lag, the rolling restart fails no request
+/// and every acknowledged event is in the logs exactly once.
+#[test]
+fn race_with_drain_delay_fails_nothing() {
+    let f = rolling_restart("2s");
+    assert_eq!(f.failed, 0, "failures: {:?}", f.failures);
+    assert_events_exactly_once(&f);
+    assert_eq!(
+        f.logged.len(),
+        f.acknowledged.len(),
+        "every logged event was acknowledged"
+    );
+}
