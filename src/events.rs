@@ -282,7 +282,10 @@ mod tests {
             write_record(&mut out, &r);
             assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
             assert!(out.ends_with(b"\n"));
-            (serde_json::from_slice::<serde_json::Value>(&out).unwrap(), out)
+            (
+                serde_json::from_slice::<serde_json::Value>(&out).unwrap(),
+                out,
+            )
         };
         let (v, out) = record(Some(br#"{"n":1e400,"s":"\u2028\n"}"#));
         assert!(out.ends_with(b",\"data\":{\"n\":1e400,\"s\":\"\\u2028\\n\"}}\n"));

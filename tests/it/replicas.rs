@@ -6,6 +6,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::kit::{Resp, get, post_event, request};
 use crate::race::{Client, Outcome, read_answer};
 use crate::support::*;
 
