@@ -40,6 +40,8 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
 mod tests {
     use super::*;
 
+    /// A response starts with exactly its content type and the two headers every answer
+    /// carries.
     #[test]
     fn every_response_has_the_base_headers() {
         let resp = json_bytes(StatusCode::IM_A_TEAPOT, &b"{}"[..]);

@@ -240,6 +240,8 @@ pub async fn read_limited(
 mod tests {
     use super::*;
 
+    /// Each wrong shape is a 422 naming the field; a good event gives its type decoded and
+    /// its data as minified text (a number beyond f64 included).
     #[test]
     fn event_shape_names_the_field() {
         let err = |body: &str| match event_shape(&rawjson::scan(body.as_bytes()).unwrap()) {
