@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use hyper::body::Incoming;
-use hyper::header::{HOST, HeaderName, HeaderValue, USER_AGENT};
+use hyper::header::{CONTENT_TYPE, HOST, HeaderName, HeaderValue, USER_AGENT};
 use hyper::http::request::Parts;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use log::Level;
@@ -25,6 +25,7 @@ use crate::logging::Access;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// The routes, as listed by `GET /`: method(s), path, purpose.
 const ROUTES: &[(&str, &str, &str)] = &[
@@ -45,7 +46,7 @@ const ROUTES: &[(&str, &str, &str)] = &[
 pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let start = Instant::now();
     // The head stays here, for the access record; only the body goes to the handler.
-    let (head, body) = req.into_parts();
+    let (mut head, body) = req.into_parts();
     // The client's id if it passes the check, else a new one: as a header value for the
     // answer, and as a RequestId (the proof it needs no escaping) for the record.
     let generated: Id;
@@ -68,8 +69,6 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp
         Ok(()) => route(app, &head, body, &request_id, client).await,
     };
     let mut resp = result.unwrap_or_else(ApiError::into_response);
-    resp.headers_mut()
-        .insert(X_REQUEST_ID.clone(), request_id.clone());
     app.requests.fetch_add(1, Ordering::Relaxed);
     let end = Instant::now();
 
@@ -101,7 +100,32 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp
             },
         );
     }
+    let headers = answer_headers(
+        std::mem::take(&mut head.headers),
+        resp.headers_mut(),
+        request_id,
+    );
+    *resp.headers_mut() = headers;
     resp
+}
+
+/// The headers of an answer: those every answer carries, then any its handler set (`Allow`,
+/// `Connection`). They are written into `map`, the request's own header map, emptied: hyper
+/// hands the map of an answer it has sent back to the connection to parse the next request
+/// into, so a map passed along this way is never allocated again. Names are constants and
+/// values static, so an insert hashes a known name and copies no bytes.
+fn answer_headers(
+    mut map: HeaderMap,
+    handler: &mut HeaderMap,
+    request_id: HeaderValue,
+) -> HeaderMap {
+    map.clear();
+    map.insert(CONTENT_TYPE, APPLICATION_JSON.clone());
+    map.insert(X_REQUEST_ID.clone(), request_id);
+    if !handler.is_empty() {
+        map.extend(handler.drain());
+    }
+    map
 }
 
 fn body_len(resp: &Response<Body>) -> u64 {
