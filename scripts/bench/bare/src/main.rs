@@ -24,7 +24,9 @@ fn env(name: &str, default: &str) -> String {
 }
 
 fn main() {
-    let host = env("HOST", "127.0.0.1").parse().expect("HOST is an address");
+    let host = env("HOST", "127.0.0.1")
+        .parse()
+        .expect("HOST is an address");
     let port = env("PORT", "8000").parse().expect("PORT is a number");
     let workers: usize = env("WORKERS", "1").parse().expect("WORKERS is a number");
     let mut runtime = match workers {
