@@ -1,22 +1,18 @@
 //! Response bodies. Every answer of this service is a small JSON document known in full
-//! before the head is written, so one body type serves all.
+//! before the head is written, so one body type serves all; its `Content-Type` is one of
+//! the headers `routes::handle` gives every answer.
 
 use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Response, StatusCode};
 
 /// The body type of every response.
 pub type Body = Full<Bytes>;
 
-static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
-
 /// A JSON response from bytes that are already JSON.
 pub fn json_bytes(status: StatusCode, bytes: impl Into<Bytes>) -> Response<Body> {
     let mut resp = Response::new(Full::new(bytes.into()));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, APPLICATION_JSON.clone());
     resp
 }
 
