@@ -55,7 +55,7 @@ EXPOSE 8000
 STOPSIGNAL SIGTERM
 
 # The binary probes its own GET /health on 127.0.0.1:$PORT (no curl in scratch).
-# interval 5s: cheap (one exec of a 1 MB static binary) and it is also how long Docker 20.10+
+# interval 5s: cheap (one exec of a small static binary) and it is also how long Docker 20.10+
 #   waits before the first probe, so it sets the time from start to `healthy`.
 # timeout 2s: the probe is one loopback request; a server that cannot answer in 2s is sick.
 # start-period 5s: failures while the process starts do not count (it binds in milliseconds;

@@ -23,7 +23,7 @@
 #                                            host ports, published on 127.0.0.1 only
 #   CT_IMAGE [api:ctest]                     tag of the image under test (removed afterwards)
 #   CT_BUILDKIT [1]                          also build with BuildKit (0 to skip)
-#   CT_MAX_IMAGE_BYTES [1048576]             image size budget
+#   CT_MAX_IMAGE_BYTES [1572864]             image size budget
 set -uo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -43,7 +43,9 @@ RUN_NET=$PROJECT-net          # the docker run recipe's network and container
 RUN_NAME=$PROJECT-api
 TUSER=apictest                # throwaway normal user (root only), marked by its GECOS field
 TUSER_MARK="api container test, throwaway"
-MAX_IMAGE_BYTES=${CT_MAX_IMAGE_BYTES:-1048576}   # the issue's target: 1 MiB
+# 1.5 MiB: issue 13 raised the budget from 1 MiB so the release profile can be opt-level 3
+# (fewer instructions per request; figures in docs/performance.md).
+MAX_IMAGE_BYTES=${CT_MAX_IMAGE_BYTES:-1572864}
 GRACE_SECS=5                  # compose.yaml's GRACE
 STOP_LIMIT=3                  # `docker stop` must take well under GRACE: at most this
 

@@ -7,7 +7,10 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use hyper::body::Incoming;
-use hyper::header::{CONNECTION, HOST, HeaderName, HeaderValue, USER_AGENT};
+use hyper::header::{
+    CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HOST, HeaderName, HeaderValue, USER_AGENT,
+    X_CONTENT_TYPE_OPTIONS,
+};
 use hyper::http::request::Parts;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use log::Level;
@@ -25,6 +28,12 @@ use crate::logging::Access;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+/// Every answer describes the service at one instant (health, counters, an event just taken):
+/// no cache may keep one, or serve it again by heuristic freshness.
+static NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+/// A browser must take the JSON as JSON, never sniff it into something it would run.
+static NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
 
 /// The routes, as listed by `GET /`: method(s), path, purpose.
 const ROUTES: &[(&str, &str, &str)] = &[
@@ -45,13 +54,13 @@ const ROUTES: &[(&str, &str, &str)] = &[
 pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let start = Instant::now();
     // The head stays here, for the access record; only the body goes to the handler.
-    let (head, body) = req.into_parts();
+    let (mut head, body) = req.into_parts();
+    let fields = Fields::of(&head.headers);
     // The client's id if it passes the check, else a new one: as a header value for the
     // answer, and as a RequestId (the proof it needs no escaping) for the record.
     let generated: Id;
-    let given = head
-        .headers
-        .get(&X_REQUEST_ID)
+    let given = fields
+        .request_id
         .and_then(|v| Some((RequestId::given(v.as_bytes())?, v)));
     let (rid, request_id) = match given {
         Some((rid, v)) => (rid, v.clone()),
@@ -66,27 +75,16 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp
     let peer_ip = peer.ip().to_canonical();
     let client = client_ip(&app.cfg, peer_ip, &head.headers);
 
-    let result = match check_head(&head, app.cfg.max_header_bytes) {
+    let result = match check_head(&head, &fields, app.cfg.max_header_bytes) {
         Err(e) => Err(e),
         Ok(()) => route(app, &head, body, rid, client).await,
     };
     let mut resp = result.unwrap_or_else(ApiError::into_response);
-    resp.headers_mut()
-        .insert(X_REQUEST_ID.clone(), request_id.clone());
-    if app.draining() {
-        // hyper closes the connection after this answer: a keep-alive client reconnects,
-        // through its load balancer, to a replica that is not going away.
-        resp.headers_mut()
-            .insert(CONNECTION, HeaderValue::from_static("close"));
-    }
     app.requests.fetch_add(1, Ordering::Relaxed);
     let end = Instant::now();
 
     // A probe every few seconds from `--healthcheck` must not flood the file: debug level.
-    let user_agent = head
-        .headers
-        .get(USER_AGENT)
-        .map_or(&b""[..], |v| v.as_bytes());
+    let user_agent = fields.user_agent.map_or(&b""[..], HeaderValue::as_bytes);
     let probe = peer_ip.is_loopback() && user_agent.starts_with(health::PROBE_AGENT);
     let level = if probe { Level::Debug } else { Level::Info };
     if app.sink.enabled(level) {
@@ -110,7 +108,41 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp
             },
         );
     }
+    let headers = answer_headers(
+        std::mem::take(&mut head.headers),
+        resp.headers_mut(),
+        request_id,
+    );
+    *resp.headers_mut() = headers;
+    if app.draining() {
+        // hyper closes the connection after this answer: a keep-alive client reconnects,
+        // through its load balancer, to a replica that is not going away.
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     resp
+}
+
+/// The headers of an answer: those every answer carries (`Content-Type`, `Cache-Control:
+/// no-store`, `X-Content-Type-Options: nosniff`, `X-Request-Id`), then any its handler set
+/// (`Allow`, `Connection`). They are written into `map`, the request's own header map, emptied: hyper
+/// hands the map of an answer it has sent back to the connection to parse the next request
+/// into, so a map passed along this way is never allocated again. Names are constants and
+/// values static, so an insert hashes a known name and copies no bytes.
+fn answer_headers(
+    mut map: HeaderMap,
+    handler: &mut HeaderMap,
+    request_id: HeaderValue,
+) -> HeaderMap {
+    map.clear();
+    map.insert(CONTENT_TYPE, APPLICATION_JSON.clone());
+    map.insert(CACHE_CONTROL, NO_STORE.clone());
+    map.insert(X_CONTENT_TYPE_OPTIONS, NOSNIFF.clone());
+    map.insert(X_REQUEST_ID.clone(), request_id);
+    if !handler.is_empty() {
+        map.extend(handler.drain());
+    }
+    map
 }
 
 fn body_len(resp: &Response<Body>) -> u64 {
@@ -158,13 +190,46 @@ fn info(app: &App) -> Response<Body> {
     )
 }
 
+/// What the envelope reads from a request's header fields, gathered in one pass over them: a
+/// lookup by name hashes the name each time, where the pass compares names, which for known
+/// names compares two small integers.
+struct Fields<'a> {
+    /// Their size as sent: name, `: `, value and CRLF of each.
+    size: usize,
+    hosts: usize,
+    /// The first `X-Request-Id` and `User-Agent`, as `HeaderMap::get` would give them.
+    request_id: Option<&'a HeaderValue>,
+    user_agent: Option<&'a HeaderValue>,
+}
+
+impl Fields<'_> {
+    fn of(headers: &HeaderMap) -> Fields<'_> {
+        let mut f = Fields {
+            size: 0,
+            hosts: 0,
+            request_id: None,
+            user_agent: None,
+        };
+        for (name, value) in headers {
+            f.size += name.as_str().len() + value.len() + 4;
+            if name == HOST {
+                f.hosts += 1;
+            } else if name == USER_AGENT {
+                f.user_agent.get_or_insert(value);
+            } else if name == X_REQUEST_ID {
+                f.request_id.get_or_insert(value);
+            }
+        }
+        f
+    }
+}
+
 /// Refuses heads beyond the configured size with a JSON 431 (hyper's parser refuses heads
 /// that do not fit its buffer at all, or carry over 100 fields, with a bare 431), and
 /// HTTP/1.1 requests without exactly one `Host` with a 400, as RFC 9112 section 3.2 requires:
 /// two differing hosts would let a proxy and this service disagree on the target.
-fn check_head(head: &Parts, max_bytes: usize) -> Result<(), ApiError> {
-    let headers = &head.headers;
-    if head.version == Version::HTTP_11 && headers.get_all(HOST).iter().count() != 1 {
+fn check_head(head: &Parts, fields: &Fields<'_>, max_bytes: usize) -> Result<(), ApiError> {
+    if head.version == Version::HTTP_11 && fields.hosts != 1 {
         return Err(ApiError::BadRequest(
             "an HTTP/1.1 request needs exactly one Host header".into(),
         ));
@@ -174,12 +239,7 @@ fn check_head(head: &Parts, max_bytes: usize) -> Result<(), ApiError> {
     let target = uri.path_and_query().map_or(1, |pq| pq.as_str().len())
         + uri.authority().map_or(0, |a| a.as_str().len())
         + uri.scheme_str().map_or(0, |s| s.len() + 3);
-    let size = target
-        + headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 4)
-            .sum::<usize>();
-    if size > max_bytes {
+    if target + fields.size > max_bytes {
         return Err(ApiError::HeadersTooLarge(format!(
             "request head larger than {max_bytes} bytes"
         )));

@@ -84,9 +84,11 @@ def parse_args():
     ap.add_argument("--warmup", type=int, help="seconds of warm-up (1)")
     ap.add_argument("--rounds", type=int, help="pinned rounds (5)")
     ap.add_argument("--connections", type=int, default=64)
-    ap.add_argument("--variants", default="api-info,api-off,api-info-musl,nginx",
+    ap.add_argument("--variants",
+                    default="api-info,api-off,api-info-musl,nginx,bare,bare-musl",
                     help="comma list from api-info, api-off, api-info-musl, "
-                         "api-off-musl, nginx, nginx-nolog")
+                         "api-off-musl, nginx, nginx-nolog, bare, bare-musl "
+                         "(a bare hyper server, scripts/bench/bare/)")
     ap.add_argument("--workloads", default="health,events")
     ap.add_argument("--scale-rounds", type=int, help="rounds of the unpinned "
                     "2-core run (3; 0 skips it)")
@@ -136,6 +138,10 @@ def parse_args():
                     "TARGET_DIR/release/api)")
     ap.add_argument("--api-musl", help="musl api binary (default "
                     f"TARGET_DIR/{MUSL_TARGET}/release/api)")
+    ap.add_argument("--bare", help="glibc bare server binary (default "
+                    "TARGET_DIR/release/bare)")
+    ap.add_argument("--bare-musl", help="musl bare server binary (default "
+                    f"TARGET_DIR/{MUSL_TARGET}/release/bare)")
     ap.add_argument("--nginx", default=shutil.which("nginx")
                     or "/usr/sbin/nginx")
     ap.add_argument("--out", help="report directory (TARGET_DIR/bench)")
@@ -157,6 +163,7 @@ def parse_args():
     if args.no_musl:
         variants_wanted = [v for v in variants_wanted if "musl" not in v]
     args.musl = any("musl" in v for v in variants_wanted)
+    args.build_bare = any(v.startswith("bare") for v in variants_wanted)
     workloads = [w for w in args.workloads.split(",") if w]
     for w in workloads:
         if w not in WORKLOADS:
@@ -179,6 +186,9 @@ def run(args, variants_wanted, workloads, conn_steps):
     api = args.api or os.path.join(args.target_dir, "release", "api")
     api_musl = args.api_musl or os.path.join(args.target_dir, MUSL_TARGET,
                                              "release", "api")
+    bare = args.bare or os.path.join(args.target_dir, "release", "bare")
+    bare_musl = args.bare_musl or os.path.join(args.target_dir, MUSL_TARGET,
+                                               "release", "bare")
     if not args.no_build and not (args.api and (args.api_musl or not args.musl)):
         build(args)
     catalogue = {
@@ -191,6 +201,8 @@ def run(args, variants_wanted, workloads, conn_steps):
         "nginx": {"kind": "nginx", "binary": args.nginx, "access_log": True},
         "nginx-nolog": {"kind": "nginx", "binary": args.nginx,
                         "access_log": False},
+        "bare": {"kind": "bare", "binary": bare},
+        "bare-musl": {"kind": "bare", "binary": bare_musl},
     }
     variants = []
     for name in variants_wanted:

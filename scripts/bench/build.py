@@ -2,12 +2,15 @@
 the report's header."""
 
 import datetime
+import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 
 from procs import popen
 
@@ -51,11 +54,42 @@ def build(args):
     cmds = [["cargo", "build", "--release", "--locked"]]
     if args.musl:
         cmds.append(cmds[0] + ["--target", MUSL_TARGET])
+    if args.build_bare:
+        bare = ["--manifest-path", os.path.join("scripts", "bench", "bare",
+                                                "Cargo.toml")]
+        bare += release_profile(os.path.join(src, "Cargo.toml"))
+        cmds += [cmd + bare for cmd in cmds]
     for cmd in cmds:
-        print(f"+ (cd {src} && {' '.join(cmd)})", flush=True)
+        print(f"+ (cd {src} && {shlex.join(cmd)})", flush=True)
         p = popen(cmd, cwd=src, env=env)
         if p.wait() != 0:
-            raise SystemExit(f"build failed: {' '.join(cmd)}")
+            raise SystemExit(f"build failed: {shlex.join(cmd)}")
+
+
+def release_profile(manifest):
+    """The api's [profile.release] (with its per-package settings) as cargo
+    --config arguments, so the bare server is built the same way.  A setting
+    also given as a CARGO_PROFILE_RELEASE_* variable is left to the variable,
+    which then applies to both builds."""
+    with open(manifest, "rb") as f:
+        profile = tomllib.load(f).get("profile", {}).get("release", {})
+
+    def flat(table, prefix):
+        for key, value in table.items():
+            if not re.fullmatch(r"[A-Za-z0-9_-]+", key):
+                key = json.dumps(key)  # package."*"
+            if isinstance(value, dict):
+                yield from flat(value, f"{prefix}.{key}")
+            else:
+                yield f"{prefix}.{key}", value
+
+    out = []
+    for key, value in flat(profile, "profile.release"):
+        var = "CARGO_" + key.upper().replace(".", "_").replace("-", "_")
+        if "." not in key[len("profile.release."):] and var in os.environ:
+            continue
+        out += ["--config", f"{key}={json.dumps(value)}"]
+    return out
 
 
 def describe(args, variants, load0):
@@ -80,5 +114,5 @@ def describe(args, variants, load0):
         "variants": [v["name"] for v in variants],
         "binaries": ", ".join(sorted({
             f"{v['binary']} ({os.path.getsize(v['binary']) / 1e6:.1f} MB)"
-            for v in variants if v["kind"] == "api"})) or "–",
+            for v in variants if v["kind"] in ("api", "bare")})) or "–",
     }

@@ -202,7 +202,7 @@ def instruction_runs(variants, workloads, args):
     instr = []
     for w in workloads:
         for v in variants:
-            if v["kind"] != "api":
+            if v["kind"] == "nginx" or (v["kind"] == "bare" and w != "health"):
                 continue
             print(f"callgrind {v['name']} {w} "
                   f"({'/'.join(map(str, args.instr_requests))} requests)",

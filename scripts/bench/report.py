@@ -209,6 +209,14 @@ def pinned_ratios(L, runs, variants):
         L.append(ratio_row("GET /health: api info ÷ nginx (access log on)",
                            pr("api-info", "health", "nginx", "health"),
                            1.00))
+    if {"api-info-musl", "nginx"} <= names:
+        L.append(ratio_row("GET /health: api info musl ÷ nginx (access log on)",
+                           pr("api-info-musl", "health", "nginx", "health"),
+                           1.00))
+    if {"api-info-musl", "bare-musl"} <= names:
+        L.append(ratio_row("GET /health: api info musl ÷ bare hyper musl",
+                           pr("api-info-musl", "health", "bare-musl", "health"),
+                           None))
     if {"api-off", "nginx"} <= names:
         L.append(ratio_row("GET /health: api off ÷ nginx (access log on)",
                            pr("api-off", "health", "nginx", "health"),
@@ -394,6 +402,10 @@ INSTR_RATIOS = [  # label, numerator (variant, workload), denominator
      ("api-info-musl", "health"), ("api-info", "health")),
     ("POST /events: musl ÷ glibc (api info)",
      ("api-info-musl", "events"), ("api-info", "events")),
+    ("GET /health: api info ÷ bare hyper (glibc)", ("api-info", "health"),
+     ("bare", "health")),
+    ("GET /health: api info musl ÷ bare hyper musl (target ≤ 1.5)",
+     ("api-info-musl", "health"), ("bare-musl", "health")),
 ]
 
 

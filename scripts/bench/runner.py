@@ -177,7 +177,7 @@ def idle_conns(variant, args, steps, extra_env=None):
 # --------------------------------------------------------------- phases
 
 # The scaling and idle-connection questions are about the default set-up.
-NOT_DEFAULT = ("api-off", "api-off-musl", "nginx-nolog")
+NOT_DEFAULT = ("api-off", "api-off-musl", "nginx-nolog", "bare", "bare-musl")
 
 
 def print_run(r):

@@ -1,4 +1,4 @@
-"""One server process (the api or nginx) for one measured run: start it, time
+"""One server process (the api, the bare hyper server or nginx) for one measured run: start it, time
 its first 200, stop it gracefully; and the small HTTP/1.1 readers used to
 probe it."""
 
@@ -63,7 +63,7 @@ def read_response(sock, buf=b""):
 
 
 class Server:
-    """One server process (api or nginx) started for one measured run."""
+    """One server process (api, bare or nginx) started for one measured run."""
 
     def __init__(self, variant, workers, cpus, workdir, extra_env=None,
                  wrapper=()):
@@ -76,7 +76,12 @@ class Server:
         self.startup_ms = None
         self.log_path = None
         kind = variant["kind"]
-        if kind == "api":
+        if kind == "bare":
+            self.env = dict(os.environ, HOST="127.0.0.1", PORT=str(self.port),
+                            WORKERS=str(workers))
+            self.argv = list(wrapper) + [variant["binary"]]
+            self.stop_signal = signal.SIGTERM
+        elif kind == "api":
             self.log_path = os.path.join(self.dir, "api.log")
             env = dict(os.environ)
             env.update(

@@ -16,7 +16,7 @@ use crate::json::{Out, Rec, json_bytes, json_str, write_timestamp};
 
 /// The fields of one access record.
 pub struct Access<'a> {
-    /// An HTTP method: a token (RFC 9110), as hyper's parser guarantees.
+    /// An HTTP method: a token (RFC 9110), as `http::Method` guarantees.
     pub method: &'a str,
     pub path: &'a str,
     pub status: u16,
@@ -50,9 +50,10 @@ pub(super) fn access_record(
         _ => b"\",\"level\":\"info\",\"msg\":\"access\",\"host\":",
     });
     rec.put(host);
-    rec.put(b",\"method\":");
-    json_bytes(&mut rec, a.method.as_bytes());
-    rec.put(b",\"path\":");
+    // A token has no byte JSON escapes.
+    rec.put(b",\"method\":\"");
+    rec.put(a.method.as_bytes());
+    rec.put(b"\",\"path\":");
     json_str(&mut rec, a.path);
     rec.put(b",\"status\":");
     rec.digits(u64::from(a.status), 3); // StatusCode is 100..=999

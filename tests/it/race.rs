@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::kit::{Conn, Next};
 use crate::support::*;
 
 /// Longest one request may take before the load counts it as failed.
@@ -37,7 +38,7 @@ pub enum Outcome {
 pub struct Client {
     addr: SocketAddr,
     keep_alive: bool,
-    conn: Option<TcpStream>,
+    conn: Option<Conn<TcpStream>>,
 }
 
 impl Client {
@@ -76,54 +77,32 @@ impl Client {
     async fn exchange(&mut self, request: &str) -> Outcome {
         if self.conn.is_none() {
             match TcpStream::connect(self.addr).await {
-                Ok(s) => self.conn = Some(s),
+                Ok(s) => self.conn = Some(Conn::new(s)),
                 Err(_) => return Outcome::Failed("connect"),
             }
         }
         let conn = self.conn.as_mut().expect("connected above");
-        if conn.write_all(request.as_bytes()).await.is_err() {
+        if conn.io.write_all(request.as_bytes()).await.is_err() {
             return Outcome::Failed("reset");
         }
         read_answer(conn).await
     }
 }
 
-/// Reads one answer from `conn`, or says how the connection ended before a whole one came.
-pub async fn read_answer(conn: &mut TcpStream) -> Outcome {
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(outcome) = parse_answer(&buf) {
-            return outcome;
-        }
-        match conn.read(&mut chunk).await {
-            Ok(0) => return Outcome::Failed("closed"),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(_) => return Outcome::Failed("reset"),
-        }
+/// The outcome of the next answer on `conn`, read with the tests' one HTTP reader.
+pub async fn read_answer(conn: &mut Conn<TcpStream>) -> Outcome {
+    match conn.next(REQUEST_LIMIT).await {
+        Next::Response(r) => Outcome::Answered {
+            status: r.status,
+            close: r
+                .header("connection")
+                .is_some_and(|v| v.eq_ignore_ascii_case("close")),
+            body: r.body,
+        },
+        Next::Closed => Outcome::Failed("closed"),
+        Next::Truncated => Outcome::Failed("truncated"),
+        Next::TimedOut => Outcome::Failed("timeout"),
     }
-}
-
-/// The answer in `buf`, once it is complete (the service always sends Content-Length).
-fn parse_answer(buf: &[u8]) -> Option<Outcome> {
-    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    let mut lines = head.split("\r\n");
-    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let (mut len, mut close) = (0, false);
-    for (name, value) in lines.filter_map(|l| l.split_once(':')) {
-        match name.trim() {
-            "content-length" => len = value.trim().parse().ok()?,
-            "connection" => close = value.trim() == "close",
-            _ => {}
-        }
-    }
-    let body = buf.get(head_end..head_end + len)?.to_vec();
-    Some(Outcome::Answered {
-        status,
-        close,
-        body,
-    })
 }
 
 /// The backends a forwarder sends new connections to, in turn.

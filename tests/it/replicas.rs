@@ -4,9 +4,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use crate::kit::{Resp, get, post_event, request};
+use crate::kit::{Conn, Resp, get, post_event, request};
 use crate::race::{Client, Outcome, read_answer};
 use crate::support::*;
 
@@ -53,8 +52,9 @@ fn status_and_close(outcome: Outcome) -> (u16, bool) {
 #[tokio::test]
 async fn drain_delay_serves_on_with_connection_close() {
     let srv = start_server_with(&[("DRAIN_DELAY", "60s")]).await;
-    let mut kept = TcpStream::connect(srv.addr).await.unwrap();
-    kept.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    let mut kept = Conn::open(srv.addr).await.unwrap();
+    kept.io
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         .await
         .unwrap();
     assert_eq!(status_and_close(read_answer(&mut kept).await), (200, false));
@@ -71,11 +71,12 @@ async fn drain_delay_serves_on_with_connection_close() {
     assert_eq!(status_and_close(posted), (201, true));
 
     // The connection kept from before: answered, marked, and then closed by the server.
-    kept.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    kept.io
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         .await
         .unwrap();
     assert_eq!(status_and_close(read_answer(&mut kept).await), (200, true));
-    let after = tokio::time::timeout(LIMIT, kept.read(&mut [0u8; 1]))
+    let after = tokio::time::timeout(LIMIT, kept.io.read(&mut [0u8; 1]))
         .await
         .expect("the server closes the connection after its answer");
     assert_eq!(after.unwrap(), 0, "nothing after the answer but the end");
