@@ -16,8 +16,18 @@ shell script counts them. Checks:
 import argparse
 import collections
 import glob
+import ipaddress
 import json
 import os
+
+
+def unmapped(addr):
+    """An IPv4 client as a.b.c.d also when a dual-stack listener wrote ::ffff:a.b.c.d."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except (TypeError, ValueError):
+        return addr
+    return str(getattr(ip, "ipv4_mapped", None) or ip)
 
 
 def main():
@@ -66,7 +76,7 @@ def main():
                 event_ids[rec.get("id")] += 1
                 event_rids[rec.get("request_id")] += 1
             elif rec.get("msg") == "access" and str(rec.get("request_id", "")).startswith(prefix):
-                clients[rec.get("client")] += 1
+                clients[unmapped(rec.get("client"))] += 1
     print(f"FIGURE {label}{len(files)} log file(s), {lines} lines, {sum(event_ids.values())} events of this run")
     check(bool(files), f"log files found in {args.log_dir}")
     check(torn == 0, f"0 torn lines (got {torn} of {lines})")
