@@ -13,7 +13,7 @@
 #
 # Usage: scripts/swarm-test.sh
 # Needs: root (the log volume is read on the host), a Docker engine that is not part of a
-# swarm (the test makes one and leaves it afterwards), python3.
+# swarm (the test makes one and leaves it afterwards), curl and python3.
 # Environment (defaults in brackets):
 #   BUILDER_IMAGE [rust:1.95-slim-bookworm]  Rust toolchain image for building the api image
 #   ST_IMAGE      [built from the Dockerfile] api image to deploy instead of building one
@@ -129,7 +129,7 @@ nginx_retries() {
 # ---- 0. preflight --------------------------------------------------------------------------
 note "preflight"
 [ "$(id -u)" = 0 ] || cannot_run "run as root (the replicas' log files are read from their volume on the host)"
-command -v python3 >/dev/null || cannot_run "needs python3"
+for tool in curl python3; do command -v "$tool" >/dev/null || cannot_run "needs $tool"; done
 "$DOCKER" info >/dev/null 2>&1 || cannot_run "no Docker engine answers ($DOCKER info)"
 swarm_state=$("$DOCKER" info -f '{{.Swarm.LocalNodeState}}')
 [ "$swarm_state" = inactive ] ||
