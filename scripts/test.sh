@@ -5,7 +5,8 @@
 # under CI=true a missing engine is a failure.
 #
 # Usage: scripts/test.sh
-# Environment: BUILDER_IMAGE and CURL_IMAGE are passed on to scripts/container-test.sh.
+# Environment: BUILDER_IMAGE, CURL_IMAGE and NGINX_IMAGE are passed on to the container,
+# Swarm and load-balancer tests.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -25,6 +26,10 @@ if "${DOCKER:-docker}" info >/dev/null 2>&1; then
   scripts/lint-container.sh
   step "container tests"
   scripts/container-test.sh
+  step "Swarm: rolling update and rollback under load"
+  scripts/swarm-test.sh
+  step "compose + nginx: rolling restart under load"
+  scripts/lb-test.sh
 elif [ "${CI:-}" = true ]; then
   echo "error: no Docker engine answers; the container tests are required in CI" >&2
   exit 1
