@@ -8,6 +8,8 @@
 #   scripts/bench.sh --profile    also perf profiles of the api (where CPU goes)
 #   scripts/bench.sh --instructions   also instructions/request (callgrind),
 #                                 which stay the same on a busy machine
+#   scripts/bench.sh --sync       also POST /events with EVENT_SYNC=none and data
+#                                 at 1, 16 and 64 connections, and fdatasync latency
 #   scripts/bench.sh --rev HEAD   build and measure a commit, not the work tree
 #   scripts/bench.sh --help       all options
 #

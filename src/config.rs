@@ -36,6 +36,7 @@ pub struct Config {
     pub port: u16,
     pub log_file: PathBuf,
     pub log_level: LevelFilter,
+    pub event_sync: EventSync,
     pub max_body_bytes: usize,
     pub max_header_bytes: usize,
     pub max_connections: usize,
@@ -47,6 +48,17 @@ pub struct Config {
     pub drain_delay: Duration,
     pub trusted_proxies: Vec<IpNet>,
     pub workers: usize,
+}
+
+/// When an event's `201` is sent (`EVENT_SYNC`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventSync {
+    /// Once the `write(2)` carrying its record returned: the record survives the process
+    /// dying, not the machine.
+    None,
+    /// Once the file's data has also been through `fdatasync`: the record survives a power
+    /// loss. One sync serves every event of a batch.
+    Data,
 }
 
 impl Default for Config {
@@ -92,6 +104,12 @@ const SETTINGS: &[Setting] = &[
         env: "LOG_LEVEL",
         default: "info",
         help: "error, warn, info, debug or off (event records are always written)",
+    },
+    Setting {
+        flag: "--event-sync",
+        env: "EVENT_SYNC",
+        default: "none",
+        help: "an event's 201 follows: none, its write(2); data, also an fdatasync (survives power loss)",
     },
     Setting {
         flag: "--max-body-bytes",
@@ -279,6 +297,13 @@ where
             "error, warn, info, debug or off",
             parse_level,
         )?,
+        event_sync: typed(get("--event-sync"), "none or data", |s| {
+            match s.to_ascii_lowercase().as_str() {
+                "none" => Ok(EventSync::None),
+                "data" => Ok(EventSync::Data),
+                _ => Err(()),
+            }
+        })?,
         max_body_bytes: typed(get("--max-body-bytes"), "a byte count >= 1", positive)?,
         max_header_bytes: typed(
             get("--max-header-bytes"),
@@ -535,6 +560,7 @@ mod tests {
         assert_eq!(c.drain_delay, Duration::ZERO);
         assert_eq!(c.log_file, PathBuf::from("logs/api.log"));
         assert_eq!(c.log_level, LevelFilter::Info);
+        assert_eq!(c.event_sync, EventSync::None);
         assert_eq!(c.max_body_bytes, 65536);
         assert_eq!(c.grace, Duration::from_secs(5));
         assert!(c.trusted_proxies.is_empty());
@@ -548,6 +574,8 @@ mod tests {
         );
         assert_eq!(c.port, 9001);
         assert_eq!(c.log_level, LevelFilter::Debug);
+        let c = serve(&["--event-sync", "data"], &[("EVENT_SYNC", "none")]);
+        assert_eq!(c.event_sync, EventSync::Data);
     }
 
     #[test]
@@ -559,6 +587,11 @@ mod tests {
         );
         let e = parse(Vec::<String>::new(), env_of(&[("LOG_LEVEL", "loud")])).unwrap_err();
         assert!(e.0.contains("'loud' for LOG_LEVEL"), "{e}");
+        let e = parse(Vec::<String>::new(), env_of(&[("EVENT_SYNC", "full")])).unwrap_err();
+        assert_eq!(
+            e.0,
+            "invalid value 'full' for EVENT_SYNC: expected none or data"
+        );
         let e = parse(["--bogus"], env_of(&[])).unwrap_err();
         assert_eq!(e.0, "unknown argument '--bogus'");
     }

@@ -25,8 +25,9 @@ pub enum ApiError {
     Unprocessable(String),
     /// 431, with the limit that was exceeded.
     HeadersTooLarge(String),
-    /// 503: the work could not be done (the log could not be written).
-    Unavailable(String),
+    /// 503: the work could not be done (the log could not be written), with a short reason
+    /// that names no path and quotes no OS error.
+    Unavailable(&'static str),
 }
 
 impl ApiError {
@@ -46,9 +47,8 @@ impl ApiError {
 
     fn message(&self) -> String {
         match self {
-            ApiError::BadRequest(m) | ApiError::Unprocessable(m) | ApiError::Unavailable(m) => {
-                m.clone()
-            }
+            ApiError::BadRequest(m) | ApiError::Unprocessable(m) => m.clone(),
+            ApiError::Unavailable(m) => (*m).into(),
             ApiError::NotFound => "no such route".into(),
             ApiError::MethodNotAllowed(allow) => format!("method not allowed; use {allow}"),
             ApiError::Timeout => "the request body did not arrive in time".into(),

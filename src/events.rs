@@ -1,23 +1,29 @@
 //! `POST /events`, the service's job: read a bounded JSON body, check its shape, append the
-//! event record to the log, and answer `201` only once the record is in the file.
+//! event record to the log, and answer `201` only once the record is in the file. The body is
+//! checked by [`rawjson`], and `data` is stored as the client's own text, minified: never
+//! parsed into a tree and re-encoded, which would change numbers and escapes.
 
+use std::borrow::Cow;
+use std::future::{Future, poll_fn};
 use std::net::IpAddr;
+use std::pin::pin;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::http::request::Parts;
 use hyper::{HeaderMap, Response, StatusCode};
-use log::Level;
-use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::app::App;
 use crate::body::{self, Body};
 use crate::error::ApiError;
-use crate::json::{self, Line};
+use crate::ids::RequestId;
+use crate::json::{self, Out, Rec};
+use crate::rawjson::{self, Doc};
 
 /// `POST /events`: validates the event, appends its record, and answers 201 only once the
 /// record is in the file.
@@ -25,7 +31,7 @@ pub async fn create(
     app: &App,
     head: &Parts,
     incoming: Incoming,
-    request_id: &HeaderValue,
+    request_id: RequestId<'_>,
     client: IpAddr,
 ) -> Result<Response<Body>, ApiError> {
     if !is_json(&head.headers) {
@@ -38,74 +44,147 @@ pub async fn create(
         app.cfg.body_timeout,
     )
     .await?;
-    let value: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
-    let (kind, data) = event_shape(value)?;
+    let doc = rawjson::scan(&bytes).map_err(|e| match e {
+        rawjson::Error::Syntax { .. } => ApiError::BadRequest(format!("malformed JSON: {e}")),
+        rawjson::Error::DuplicateKey(_) => {
+            ApiError::Unprocessable(format!("{e}: a key may appear only once in an object"))
+        }
+    })?;
+    let Event { kind, data } = event_shape(&doc)?;
 
     let id = app.ids.next();
-    let now = OffsetDateTime::now_utc();
+    let received_at = json::timestamp_bytes(OffsetDateTime::now_utc());
     let mut record = Vec::with_capacity(256 + bytes.len());
-    let mut line = Line::start_at(&mut record, now, Level::Info, "event");
-    line.str("host", app.sink.host())
-        .str("id", id.as_str())
-        .str("type", &kind)
-        .bytes("request_id", request_id.as_bytes())
-        .ip("client", client);
-    if let Some(data) = &data {
-        line.json("data", data);
-    }
-    line.finish();
-
+    write_record(
+        &mut record,
+        &Record {
+            ts: &received_at,
+            host: app.sink.host_json(),
+            id: id.as_bytes(),
+            kind: &kind,
+            request_id,
+            client,
+            data,
+        },
+    );
     app.sink
         .append_durable(&record)
         .await
-        .map_err(ApiError::Unavailable)?;
+        .map_err(|e| ApiError::Unavailable(e.0))?;
     app.events.fetch_add(1, Ordering::Relaxed);
-    // Written directly: the id and timestamp are ASCII and the type was checked to be
-    // `[A-Za-z0-9._:-]`, so nothing needs escaping, and a json! map costs five allocations.
-    let mut answer = Vec::with_capacity(96);
-    answer.extend_from_slice(b"{\"id\":\"");
-    answer.extend_from_slice(id.as_bytes());
-    answer.extend_from_slice(b"\",\"type\":\"");
-    answer.extend_from_slice(kind.as_bytes());
-    answer.extend_from_slice(b"\",\"received_at\":\"");
-    json::write_timestamp(&mut answer, now);
-    answer.extend_from_slice(b"\"}");
+    // Written directly, for the reasons `write_record` gives.
+    let answer = [
+        &b"{\"id\":\""[..],
+        id.as_bytes(),
+        b"\",\"type\":\"",
+        &kind,
+        b"\",\"received_at\":\"",
+        &received_at,
+        b"\"}",
+    ]
+    .concat();
     Ok(body::json_bytes(StatusCode::CREATED, answer))
 }
 
+/// The fields of an event's record.
+struct Record<'a> {
+    /// [`json::timestamp_bytes`] of when it was received.
+    ts: &'a [u8],
+    /// The replica's name, already a JSON string.
+    host: &'a [u8],
+    id: &'a [u8],
+    kind: &'a [u8],
+    request_id: RequestId<'a>,
+    client: IpAddr,
+    /// Minified JSON text, as sent.
+    data: Option<&'a [u8]>,
+}
+
+/// Writes the event's record, one line, through a stack buffer ([`Rec`], as the access record
+/// is): a `Line` appends to its `Vec` piece by piece, which costs more per event than the rest
+/// of the record's work. The ids are hex or checked (a [`RequestId`] is the proof) and the
+/// type was checked to be `[A-Za-z0-9._:-]`, so none needs escaping; `data` is JSON text
+/// checked and minified by [`rawjson`].
+fn write_record(out: &mut Vec<u8>, r: &Record<'_>) {
+    let mut rec = Rec::new(out);
+    rec.put(b"{\"ts\":\"");
+    rec.put(r.ts);
+    rec.put(b"\",\"level\":\"info\",\"msg\":\"event\",\"host\":");
+    rec.put(r.host);
+    rec.put(b",\"id\":\"");
+    rec.put(r.id);
+    rec.put(b"\",\"type\":\"");
+    rec.put(r.kind);
+    rec.put(b"\",\"request_id\":\"");
+    rec.put(r.request_id.as_bytes());
+    rec.put(b"\",\"client\":\"");
+    rec.ip(r.client);
+    rec.put(b"\"");
+    if let Some(data) = r.data {
+        rec.put(b",\"data\":");
+        rec.put(data);
+    }
+    rec.put(b"}\n");
+    rec.finish();
+}
+
+/// An event as checked: its type, and the text of its data.
+#[derive(Debug, PartialEq, Eq)]
+struct Event<'d> {
+    /// Decoded; ASCII, as the pattern allows nothing else, and kept as bytes since it is only
+    /// ever copied.
+    kind: Cow<'d, [u8]>,
+    /// Minified JSON text, as sent.
+    data: Option<&'d [u8]>,
+}
+
 /// Checks `{"type": "<1-64 of A-Z a-z 0-9 . _ : ->", "data": <any, optional>}`.
-fn event_shape(value: Value) -> Result<(String, Option<Value>), ApiError> {
-    let Value::Object(mut map) = value else {
+fn event_shape<'d>(doc: &'d Doc<'_>) -> Result<Event<'d>, ApiError> {
+    if doc.text.first() != Some(&b'{') {
         return Err(ApiError::Unprocessable(
             "the body must be a JSON object with a \"type\" field".into(),
         ));
-    };
-    if let Some(extra) = map.keys().find(|k| *k != "type" && *k != "data") {
+    }
+    if let Some(extra) = doc
+        .members
+        .iter()
+        .find(|m| !m.key_is("type") && !m.key_is("data"))
+    {
         return Err(ApiError::Unprocessable(format!(
             "unknown field \"{}\"; allowed fields are \"type\" and \"data\"",
-            extra.escape_debug()
+            extra.key().escape_debug()
         )));
     }
-    let kind = match map.remove("type") {
-        None => return Err(ApiError::Unprocessable("field \"type\" is required".into())),
-        Some(Value::String(s)) => s,
-        Some(_) => {
-            return Err(ApiError::Unprocessable(
-                "field \"type\" must be a string".into(),
-            ));
-        }
+    let member = |name: &str| doc.members.iter().find(|m| m.key_is(name));
+    let Some(kind) = member("type") else {
+        return Err(ApiError::Unprocessable("field \"type\" is required".into()));
+    };
+    let raw = &doc.text[kind.value.clone()];
+    let Some(inner) = raw.strip_prefix(b"\"").and_then(|r| r.strip_suffix(b"\"")) else {
+        return Err(ApiError::Unprocessable(
+            "field \"type\" must be a string".into(),
+        ));
+    };
+    // A type may be written with escapes (`user\u002esignup`); it is checked, and stored,
+    // decoded.
+    let kind = if inner.contains(&b'\\') {
+        Cow::Owned(rawjson::decode(inner).into_bytes())
+    } else {
+        Cow::Borrowed(inner)
     };
     let valid = (1..=64).contains(&kind.len())
         && kind
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b));
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(b));
     if !valid {
         return Err(ApiError::Unprocessable(
             "field \"type\" must be 1-64 characters of A-Z a-z 0-9 . _ : -".into(),
         ));
     }
-    Ok((kind, map.remove("data")))
+    Ok(Event {
+        kind,
+        data: member("data").map(|m| &doc.text[m.value.clone()]),
+    })
 }
 
 /// Whether `headers` declare a JSON body (`application/json`, parameters allowed).
@@ -113,7 +192,7 @@ pub fn is_json(headers: &HeaderMap) -> bool {
     let Some(v) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let essence = v.split(';').next().unwrap_or("").trim();
+    let essence = v.split_once(';').map_or(v, |(e, _)| e).trim();
     essence.eq_ignore_ascii_case("application/json")
 }
 
@@ -137,7 +216,13 @@ pub async fn read_limited(
             return Err(ApiError::TooLarge(limit));
         }
     }
-    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;
+    // A small body usually arrives with its head and is in hyper's buffer already: one poll
+    // without a timer takes it, and arming the timer costs more than the rest of the read.
+    let mut collect = pin!(Limited::new(body, limit).collect());
+    let collected = match poll_fn(|cx| Poll::Ready(collect.as_mut().poll(cx))).await {
+        Poll::Ready(done) => Ok(done),
+        Poll::Pending => tokio::time::timeout(timeout, collect).await,
+    };
     match collected {
         Err(_elapsed) => Err(ApiError::Timeout),
         Ok(Ok(c)) => Ok(c.to_bytes()),
@@ -154,24 +239,74 @@ pub async fn read_limited(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
+    /// Each wrong shape is a 422 naming the field; a good event gives its type decoded and
+    /// its data as minified text (a number beyond f64 included).
     #[test]
     fn event_shape_names_the_field() {
-        let err = |v: Value| match event_shape(v) {
+        let err = |body: &str| match event_shape(&rawjson::scan(body.as_bytes()).unwrap()) {
             Err(ApiError::Unprocessable(m)) => m,
             other => panic!("{other:?}"),
         };
-        assert!(err(json!([])).contains("JSON object"));
-        assert!(err(json!({})).contains("\"type\" is required"));
-        assert!(err(json!({"type": 1})).contains("must be a string"));
-        assert!(err(json!({"type": "a b"})).contains("1-64 characters"));
-        assert!(err(json!({"type": "x".repeat(65)})).contains("1-64 characters"));
-        assert!(err(json!({"type": "a", "extra": 1})).contains("\"extra\""));
-        let (t, d) = event_shape(json!({"type": "user.signup:v2-a_b", "data": {"k": 1}})).unwrap();
+        assert!(err("[]").contains("JSON object"));
+        assert!(err(" 1 ").contains("JSON object"));
+        assert!(err("{}").contains("\"type\" is required"));
+        assert!(err(r#"{"type": 1}"#).contains("must be a string"));
+        assert!(err(r#"{"type": "a b"}"#).contains("1-64 characters"));
+        assert!(err(&format!(r#"{{"type":"{}"}}"#, "x".repeat(65))).contains("1-64 characters"));
+        assert!(err(r#"{"type": "a", "extra": 1}"#).contains("\"extra\""));
+        let doc =
+            rawjson::scan(br#"{ "type" : "user.signup:v2-a_b", "data" : {"k": 1e400} }"#).unwrap();
+        let event = event_shape(&doc).unwrap();
+        assert_eq!(&*event.kind, b"user.signup:v2-a_b");
+        assert_eq!(event.data, Some(&br#"{"k":1e400}"#[..]));
+        let doc = rawjson::scan(br#"{"type":"a\u002eb"}"#).unwrap();
+        let event = event_shape(&doc).unwrap();
+        assert_eq!((&*event.kind, event.data), (&b"a.b"[..], None));
+    }
+
+    /// The record is one line of JSON with every field, and `data` exactly as given, however
+    /// long.
+    #[test]
+    fn record_is_one_line_with_data_as_given() {
+        let ts = json::timestamp_bytes(OffsetDateTime::UNIX_EPOCH);
+        let record = |data: Option<&[u8]>| {
+            let mut out = Vec::new();
+            let r = Record {
+                ts: &ts,
+                host: br#""web-1""#,
+                id: b"0af",
+                kind: b"a.b",
+                request_id: RequestId::given(b"r-1:/+=@_.").unwrap(),
+                client: [10, 0, 0, 1].into(),
+                data,
+            };
+            write_record(&mut out, &r);
+            assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
+            assert!(out.ends_with(b"\n"));
+            (
+                serde_json::from_slice::<serde_json::Value>(&out).unwrap(),
+                out,
+            )
+        };
+        let (v, out) = record(Some(br#"{"n":1e400,"s":"\u2028\n"}"#));
+        assert!(out.ends_with(b",\"data\":{\"n\":1e400,\"s\":\"\\u2028\\n\"}}\n"));
+        assert_eq!(v["ts"], "1970-01-01T00:00:00.000Z");
         assert_eq!(
-            (t.as_str(), d),
-            ("user.signup:v2-a_b", Some(json!({"k": 1})))
+            (v["level"].as_str(), v["msg"].as_str()),
+            (Some("info"), Some("event"))
         );
+        assert_eq!(v["host"], "web-1");
+        assert_eq!(
+            (v["id"].as_str(), v["type"].as_str()),
+            (Some("0af"), Some("a.b"))
+        );
+        assert_eq!(v["request_id"], "r-1:/+=@_.");
+        assert_eq!(v["client"], "10.0.0.1");
+        // Data longer than the stack buffer, and no data.
+        let long = "d".repeat(2000);
+        let (v, _) = record(Some(format!("\"{long}\"").as_bytes()));
+        assert_eq!(v["data"], long.as_str());
+        assert!(record(None).0.get("data").is_none());
     }
 }

@@ -18,6 +18,8 @@
 //! - [`error`], [`body`]: HTTP errors as JSON answers, and the response body type.
 //! - [`logging`]: the log file's sink (buffered access records, durable event records, the
 //!   writer thread) and the fern logger for diagnostics.
+//! - [`rawjson`]: the JSON scanner for request bodies (checks, minifies, refuses duplicate
+//!   keys; never re-encodes).
 //! - [`json`]: the one JSON writer (escaping, numbers, timestamps, log lines).
 //! - [`ids`]: request and event identifiers.
 //! - [`config`]: settings from environment variables and flags, and their validation; the
@@ -34,6 +36,7 @@ pub mod ids;
 pub mod json;
 pub mod logging;
 pub mod prepare;
+pub mod rawjson;
 pub mod routes;
 pub mod server;
 pub mod shutdown;

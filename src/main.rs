@@ -62,7 +62,7 @@ fn to_stdout(text: &str) {
 }
 
 fn serve(cfg: Config) -> ExitCode {
-    let sink = match Sink::open(&cfg.log_file, cfg.log_level) {
+    let sink = match Sink::open(&cfg.log_file, cfg.log_level, cfg.event_sync) {
         Ok(sink) => sink,
         Err(e) => {
             logging::to_stderr(&format!("error: {e}"));

@@ -7,7 +7,10 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use hyper::body::Incoming;
-use hyper::header::{CONNECTION, CONTENT_TYPE, HOST, HeaderName, HeaderValue, USER_AGENT};
+use hyper::header::{
+    CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HOST, HeaderName, HeaderValue, USER_AGENT,
+    X_CONTENT_TYPE_OPTIONS,
+};
 use hyper::http::request::Parts;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use log::Level;
@@ -26,6 +29,11 @@ use crate::logging::Access;
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+/// Every answer describes the service at one instant (health, counters, an event just taken):
+/// no cache may keep one, or serve it again by heuristic freshness.
+static NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+/// A browser must take the JSON as JSON, never sniff it into something it would run.
+static NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
 
 /// The routes, as listed by `GET /`: method(s), path, purpose.
 const ROUTES: &[(&str, &str, &str)] = &[
@@ -69,7 +77,7 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp
 
     let result = match check_head(&head, &fields, app.cfg.max_header_bytes) {
         Err(e) => Err(e),
-        Ok(()) => route(app, &head, body, &request_id, client).await,
+        Ok(()) => route(app, &head, body, rid, client).await,
     };
     let mut resp = result.unwrap_or_else(ApiError::into_response);
     app.requests.fetch_add(1, Ordering::Relaxed);
@@ -115,8 +123,9 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp
     resp
 }
 
-/// The headers of an answer: those every answer carries, then any its handler set (`Allow`,
-/// `Connection`). They are written into `map`, the request's own header map, emptied: hyper
+/// The headers of an answer: those every answer carries (`Content-Type`, `Cache-Control:
+/// no-store`, `X-Content-Type-Options: nosniff`, `X-Request-Id`), then any its handler set
+/// (`Allow`, `Connection`). They are written into `map`, the request's own header map, emptied: hyper
 /// hands the map of an answer it has sent back to the connection to parse the next request
 /// into, so a map passed along this way is never allocated again. Names are constants and
 /// values static, so an insert hashes a known name and copies no bytes.
@@ -127,6 +136,8 @@ fn answer_headers(
 ) -> HeaderMap {
     map.clear();
     map.insert(CONTENT_TYPE, APPLICATION_JSON.clone());
+    map.insert(CACHE_CONTROL, NO_STORE.clone());
+    map.insert(X_CONTENT_TYPE_OPTIONS, NOSNIFF.clone());
     map.insert(X_REQUEST_ID.clone(), request_id);
     if !handler.is_empty() {
         map.extend(handler.drain());
@@ -145,7 +156,7 @@ async fn route(
     app: &App,
     head: &Parts,
     body: Incoming,
-    request_id: &HeaderValue,
+    request_id: RequestId<'_>,
     client: IpAddr,
 ) -> Result<Response<Body>, ApiError> {
     match (&head.method, head.uri.path()) {

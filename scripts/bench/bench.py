@@ -36,6 +36,7 @@ This file holds the command line and the order of the phases.  The rest:
   runner.py     one measured run, idle connections, the rounds
   profiling.py  perf profiles and callgrind instruction counts
   build.py      cargo builds (--rev), the machine and tools for the header
+  sync.py       POST /events with EVENT_SYNC=none and data, fdatasync latency
   report.py     the Markdown report, one function per section
 """
 
@@ -54,6 +55,7 @@ from procs import CLIENT_CPU, Interrupted, cleanup, on_signal
 from profiling import instruction_runs, profile_runs
 from report import render
 from runner import idle_connection_runs, pinned_rounds, scaling_rounds
+from sync import sync_rounds
 from workloads import WORKLOADS
 
 
@@ -109,6 +111,14 @@ def parse_args():
                          "is doing)")
     ap.add_argument("--instructions-only", action="store_true",
                     help="only the callgrind counts")
+    ap.add_argument("--sync", action="store_true",
+                    help="also POST /events with EVENT_SYNC=none and data at "
+                         "--sync-conns connections, and the disk's fdatasync "
+                         "latency")
+    ap.add_argument("--sync-only", action="store_true",
+                    help="only the EVENT_SYNC runs")
+    ap.add_argument("--sync-conns", default="1,16,64",
+                    help="connection counts of the EVENT_SYNC runs (1,16,64)")
     ap.add_argument("--instr-requests", default="1000,3000",
                     help="the two request counts whose difference gives "
                          "instructions per request (1000,3000)")
@@ -163,7 +173,8 @@ def parse_args():
     if len(args.instr_requests) != 2 or not (
             0 < args.instr_requests[0] < args.instr_requests[1]):
         ap.error("--instr-requests takes two increasing counts, e.g. 1000,3000")
-    args.only = args.profile_only or args.instructions_only
+    args.sync_conns = [int(n) for n in args.sync_conns.split(",") if n]
+    args.only = args.profile_only or args.instructions_only or args.sync_only
     return args, variants_wanted, workloads, conn_steps
 
 
@@ -208,6 +219,7 @@ def run(args, variants_wanted, workloads, conn_steps):
     meta["order"] = [f"{v['name']} {w}" for w in workloads for v in variants
                      if w == "health" or v["kind"] == "api"]
     runs, conns, profiles, instr = [], [], [], []
+    sync_latency = None
 
     # The orchestrator itself stays off the server's core.
     os.sched_setaffinity(0, {CLIENT_CPU})
@@ -221,14 +233,18 @@ def run(args, variants_wanted, workloads, conn_steps):
         profiles = profile_runs(catalogue, workloads, args)
     if args.instructions or args.instructions_only:
         instr = instruction_runs(variants, workloads, args)
+    if args.sync or args.sync_only:
+        sync_runs, sync_latency = sync_rounds(
+            dict(catalogue["api-info"], name="api-info"), args)
+        runs += sync_runs
     failed = (any(not r["ok"] for r in runs) or any(c["checks"] for c in conns)
               or any(c["checks"] for c in instr))
 
     meta["load_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     meta["took_s"] = time.time() - started
-    report = render(meta, runs, conns, profiles, instr, args)
+    report = render(meta, runs, conns, profiles, instr, args, sync_latency)
     path = write_results(args, started, report, meta, runs, conns, profiles,
-                         instr)
+                         instr, sync_latency)
     print()
     print(report)
     print(f"report: {path}")
@@ -238,7 +254,8 @@ def run(args, variants_wanted, workloads, conn_steps):
     return 0
 
 
-def write_results(args, started, report, meta, runs, conns, profiles, instr):
+def write_results(args, started, report, meta, runs, conns, profiles, instr,
+                  sync_latency):
     """report.md, a timestamped copy, and results.json; returns report.md."""
     path = os.path.join(args.out, "report.md")
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
@@ -249,7 +266,8 @@ def write_results(args, started, report, meta, runs, conns, profiles, instr):
         r.pop("wrk_output", None)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"meta": meta, "runs": runs, "idle_connections": conns,
-                   "profiles": profiles, "instructions": instr}, f, indent=1)
+                   "profiles": profiles, "instructions": instr,
+                   "fdatasync": sync_latency}, f, indent=1)
     if not args.keep_logs:
         shutil.rmtree(args.workdir, ignore_errors=True)
     return path

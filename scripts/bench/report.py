@@ -112,7 +112,7 @@ def median_of(runs, section, variant, workload, key):
     return statistics.median(vals) if vals else None
 
 
-def render(meta, runs, conns, profiles, instr, args):
+def render(meta, runs, conns, profiles, instr, args, sync_latency=None):
     L = []
     header(L, meta, runs, args)
     variants = meta["variants"]
@@ -120,6 +120,8 @@ def render(meta, runs, conns, profiles, instr, args):
         pinned_section(L, runs, variants)
     if any(r["section"] == "scaling" for r in runs):
         scaling_section(L, runs, variants, args)
+    if any(r["section"] == "sync" for r in runs):
+        sync_section(L, runs, sync_latency)
     if conns:
         idle_section(L, conns, args)
     if instr:
@@ -319,6 +321,50 @@ def scaling_section(L, runs, variants, args):
                     by_round(runs, "api-info", wl, "scaling")),
                 1.10))
         L.append("")
+
+
+def sync_section(L, runs, latency):
+    L.append("## EVENT_SYNC: POST /events with none and data")
+    L.append("")
+    L.append("Pinned (server on CPU 0 with one worker, wrk on CPU 1), rounds "
+             "interleaved; medians and min–max over rounds; data ÷ none "
+             "paired by round. With data every 201 waits for an fdatasync "
+             "shared by its batch.")
+    L.append("")
+    if latency:
+        L.append(f"fdatasync on this disk (the log directory's file system, "
+                 f"{latency['n']} appends of {latency['bytes']} bytes, each "
+                 f"synced): median {latency['p50_us']:.0f} µs, p99 "
+                 f"{latency['p99_us']:.0f} µs, mean {latency['mean_us']:.0f} "
+                 "µs.")
+        L.append("")
+    L.append("| connections | none req/s | data req/s | data ÷ none req/s "
+             "| none p99 ms | data p99 ms | target | met |")
+    L.append("|---|---|---|---|---|---|---|---|")
+    conns = sorted({r["connections"] for r in runs if r["section"] == "sync"})
+    for c in conns:
+        def pick(mode):
+            return {r["round"]: r for r in runs
+                    if r["section"] == "sync" and r["connections"] == c
+                    and r["sync"] == mode and r["ok"]}
+        none, data = pick("none"), pick("data")
+        ratios = paired_ratios(data, none, key="rps")
+        ratio = "–"
+        met = "–"
+        if ratios:
+            m = statistics.median(ratios)
+            ratio = f"{m:.2f}" + (f" ({min(ratios):.2f}–{max(ratios):.2f})"
+                                  if len(ratios) > 1 else "")
+            if c == 64:
+                met = "yes" if m >= 0.75 else "**no**"
+        L.append(
+            f"| {c} | {med_range([r['rps'] for r in none.values()], f_int)} "
+            f"| {med_range([r['rps'] for r in data.values()], f_int)} "
+            f"| {ratio} "
+            f"| {med_range([r['p99_us'] for r in none.values()], f_ms_us)} "
+            f"| {med_range([r['p99_us'] for r in data.values()], f_ms_us)} "
+            f"| {'≥ 0.75' if c == 64 else '–'} | {met} |")
+    L.append("")
 
 
 def idle_section(L, conns, args):

@@ -6,8 +6,9 @@
 //!   straight into the sink's buffer ([`access`]) or handed over whole and waited for
 //!   ([`Sink::append_durable`]), which a logger's fire-and-forget interface cannot express.
 //!
-//! Files: [`sink`] owns the file, the writer thread and group commit; [`access`] formats the
-//! access record; [`stderr`] writes to stderr. The JSON itself comes from [`crate::json`].
+//! Files: [`sink`] owns the writer thread, the buffer and group commit; [`file`] opens,
+//! writes and syncs the file and words its failures; [`access`] formats the access record;
+//! [`stderr`] writes to stderr. The JSON itself comes from [`crate::json`].
 
 use std::fmt::Write as _;
 
@@ -16,11 +17,12 @@ use log::LevelFilter;
 use crate::json::Line;
 
 pub mod access;
+pub mod file;
 pub mod sink;
 pub mod stderr;
 
 pub use access::Access;
-pub use sink::{FLUSH_INTERVAL, OpenError, Sink};
+pub use sink::{FLUSH_INTERVAL, NotWritten, OpenError, Sink};
 pub use stderr::to_stderr;
 
 /// Installs the global logger: diagnostics at `level` go to stderr and into `sink`, as JSON

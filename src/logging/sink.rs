@@ -8,15 +8,18 @@
 //! its record, and then wakes the writer thread. Writes never run on the runtime, so a stalled
 //! disk holds up the events waiting for it, not `/health` or the other routes.
 //!
+//! With `EVENT_SYNC=data` a batch carrying events is also `fdatasync`ed before any of them
+//! is answered: one sync for the whole batch, and while it runs the next batch gathers, so
+//! the cost of a sync is shared by every event that arrives during it.
+//!
 //! Every batch is one `write` on a file opened with `O_APPEND`, so replicas appending to the
 //! same bind-mounted file never interleave inside a line. A failed write marks the sink
 //! unhealthy (read by `/health`) until a later write succeeds; the background thread retries
 //! with a notice record every [`FLUSH_INTERVAL`], so health recovers by itself once space
 //! returns.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -27,8 +30,9 @@ use log::{Level, LevelFilter};
 use tokio::sync::oneshot;
 
 use super::access::{Access, Clock, access_record};
+use super::file::{open_append, open_error, public_reason, write_batch};
 use super::stderr;
-use crate::config;
+use crate::config::{self, EventSync};
 use crate::json::{Line, json_str};
 
 /// Longest time a buffered record waits before the background thread writes it.
@@ -46,9 +50,10 @@ pub struct Sink(Arc<Shared>);
 struct Shared {
     path: PathBuf,
     /// The replica's name, for the `host` field of every record: as text, and as a JSON
-    /// string for the access record, which copies it rather than escaping it each time.
+    /// string for the access and event records, which copy it rather than escape it each time.
     host: &'static str,
     host_json: Box<[u8]>,
+    sync: EventSync,
     access: bool,
     debug: bool,
     pending: Mutex<Pending>,
@@ -57,12 +62,31 @@ struct Shared {
     /// Held for the whole of a write, so batches reach the file in the order they were taken.
     output: Mutex<Output>,
     /// Why the last write failed, while no later write has succeeded.
-    failure: Mutex<Option<String>>,
+    failure: Mutex<Option<Failure>>,
     failed: AtomicBool,
     writer: Mutex<Option<thread::JoinHandle<()>>>,
 }
 
-type Ack = oneshot::Sender<Result<(), String>>;
+type Ack = oneshot::Sender<Result<(), NotWritten>>;
+type ReopenAck = oneshot::Sender<Result<(), String>>;
+
+/// Why an append was not acknowledged, in words fit for a client: no path, uid or OS text
+/// (the full error went to stderr and the log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotWritten(pub &'static str);
+
+impl std::fmt::Display for NotWritten {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// A failed write: the client's reason and the operator's.
+#[derive(Clone)]
+struct Failure {
+    public: &'static str,
+    detail: String,
+}
 
 #[derive(Default)]
 struct Pending {
@@ -75,7 +99,7 @@ struct Pending {
     commit_scheduled: bool,
     flush_now: bool,
     /// Reopen requests, answered once the file at the path is open.
-    reopen: Vec<Ack>,
+    reopen: Vec<ReopenAck>,
     closing: bool,
 }
 
@@ -101,10 +125,11 @@ impl std::error::Error for OpenError {}
 
 impl Sink {
     /// Opens (creating if needed) `path` and its directory, and starts the background thread.
-    /// `level` decides whether access records (info) and health-probe records (debug) are kept.
+    /// `level` decides whether access records (info) and health-probe records (debug) are kept;
+    /// `sync`, whether event records are synced to the disk before they are acknowledged.
     /// Every record names the replica that wrote it: `host`, the [`config::hostname`].
-    pub fn open(path: &Path, level: LevelFilter) -> Result<Sink, OpenError> {
-        let file = open_append(path).map_err(|e| open_error(path, &e))?;
+    pub fn open(path: &Path, level: LevelFilter, sync: EventSync) -> Result<Sink, OpenError> {
+        let file = open_append(path, sync).map_err(|e| OpenError(open_error(path, &e)))?;
         let host = config::hostname();
         let mut host_json = Vec::new();
         json_str(&mut host_json, host);
@@ -112,6 +137,7 @@ impl Sink {
             path: path.to_path_buf(),
             host,
             host_json: host_json.into(),
+            sync,
             access: level >= LevelFilter::Info,
             debug: level >= LevelFilter::Debug,
             pending: Mutex::new(Pending::default()),
@@ -139,6 +165,11 @@ impl Sink {
         self.0.host
     }
 
+    /// [`Sink::host`] as a JSON string, for records written without a `Line`.
+    pub fn host_json(&self) -> &[u8] {
+        &self.0.host_json
+    }
+
     /// Whether records of `level` are kept (access records are info, probe records debug).
     pub fn enabled(&self, level: Level) -> bool {
         match level {
@@ -148,12 +179,13 @@ impl Sink {
         }
     }
 
-    /// Why the log cannot be written, if the last write failed and none succeeded since.
-    pub fn failure(&self) -> Option<String> {
+    /// Why the log cannot be written (the client's words), if the last write failed and none
+    /// succeeded since.
+    pub fn failure(&self) -> Option<&'static str> {
         if !self.0.failed.load(Ordering::Acquire) {
             return None;
         }
-        lock(&self.0.failure).clone()
+        lock(&self.0.failure).as_ref().map(|f| f.public)
     }
 
     /// Buffers one access record (formatted by `access::access_record`, on the caller's thread).
@@ -189,14 +221,15 @@ impl Sink {
     }
 
     /// Appends `line` (a whole record ending in `\n`, or nothing) and resolves once the write
-    /// carrying it, and everything buffered before it, has returned. `Err` says why not.
-    /// Must be called within a tokio runtime.
-    pub async fn append_durable(&self, line: &[u8]) -> Result<(), String> {
+    /// carrying it, and everything buffered before it, has returned (and, with
+    /// `EVENT_SYNC=data`, been synced). `Err` says why not. Must be called within a tokio
+    /// runtime.
+    pub async fn append_durable(&self, line: &[u8]) -> Result<(), NotWritten> {
         let (tx, rx) = oneshot::channel();
         let lead = {
             let mut p = lock(&self.0.pending);
             if p.closing {
-                return Err("the log is closed: the service is shutting down".into());
+                return Err(NotWritten("the service is shutting down"));
             }
             p.buf.extend_from_slice(line);
             let end = p.buf.len();
@@ -216,11 +249,11 @@ impl Sink {
             });
         }
         rx.await
-            .unwrap_or_else(|_| Err("the log writer stopped before writing the record".into()))
+            .unwrap_or(Err(NotWritten("the log writer stopped")))
     }
 
     /// Writes everything buffered so far; resolves when it is in the file.
-    pub async fn flush(&self) -> Result<(), String> {
+    pub async fn flush(&self) -> Result<(), NotWritten> {
         self.append_durable(b"").await
     }
 
@@ -277,14 +310,14 @@ fn writer_loop(shared: &Shared) {
         };
         let mut out = commit(shared);
         if !reopen.is_empty() {
-            let result = match open_append(&shared.path) {
+            let result = match open_append(&shared.path, shared.sync) {
                 Ok(f) => {
                     out.file = f;
                     Ok(())
                 }
                 Err(e) => {
                     // Keep writing to the old file: a record there beats a record lost.
-                    let msg = open_error(&shared.path, &e).to_string();
+                    let msg = open_error(&shared.path, &e);
                     stderr::record(Level::Error, &msg);
                     Err(msg)
                 }
@@ -321,7 +354,10 @@ fn commit(shared: &Shared) -> MutexGuard<'_, Output> {
     // the disk and its health recovers once a write goes through.
     let mut offset = 0;
     if failing {
-        let reason = lock(&shared.failure).clone().unwrap_or_default();
+        let reason = lock(&shared.failure)
+            .as_ref()
+            .map(|f| f.detail.clone())
+            .unwrap_or_default();
         let mut notice = Vec::with_capacity(256);
         let mut line = Line::start(&mut notice, Level::Warn, "log file writable again");
         line.str("host", shared.host)
@@ -332,9 +368,19 @@ fn commit(shared: &Shared) -> MutexGuard<'_, Output> {
         out_ref.batch.splice(0..0, notice);
     }
 
-    let (written, error) = write_batch(&mut out_ref.file, &out_ref.batch);
+    let (mut written, mut error) = write_batch(&mut out_ref.file, &out_ref.batch);
+    let mut failed_to = "write";
+    if error.is_none() && shared.sync == EventSync::Data && !acks.is_empty() {
+        // A failed sync is a failed write: nothing in the batch is acknowledged. The pages
+        // are in the file as far as readers can tell, but whether they reach the disk is
+        // unknown (the kernel may drop them and clear the error).
+        if let Err(e) = out_ref.file.sync_data() {
+            (written, error, failed_to) = (offset, Some(e), "sync");
+        }
+    }
     // The health state changes before any answer goes out: a client told 503 that then asks
     // /health must hear 503 too.
+    let public = error.as_ref().map(public_reason);
     match &error {
         None => {
             if failing {
@@ -347,12 +393,15 @@ fn commit(shared: &Shared) -> MutexGuard<'_, Output> {
         Some(e) => {
             let unwritten_part = &out_ref.batch[written.max(offset)..];
             out_ref.unwritten += unwritten_part.iter().filter(|&&b| b == b'\n').count() as u64;
-            let reason = format!("cannot write {}: {e}", shared.path.display());
+            let detail = format!("cannot {failed_to} {}: {e}", shared.path.display());
             if !failing {
                 // stderr directly: the file is what failed.
-                stderr::record(Level::Error, &reason);
+                stderr::record(Level::Error, &detail);
             }
-            *lock(&shared.failure) = Some(reason);
+            *lock(&shared.failure) = Some(Failure {
+                public: public_reason(e),
+                detail,
+            });
             shared.failed.store(true, Ordering::Release);
         }
     }
@@ -360,104 +409,11 @@ fn commit(shared: &Shared) -> MutexGuard<'_, Output> {
         let result = if end + offset <= written {
             Ok(())
         } else {
-            Err(format!(
-                "cannot write {}: {}",
-                shared.path.display(),
-                describe(&error)
-            ))
+            // No error: an earlier record of the same write failed.
+            Err(NotWritten(public.unwrap_or("log file not writable")))
         };
         let _ = ack.send(result);
     }
     out_ref.batch.clear();
     out
-}
-
-fn describe(error: &Option<io::Error>) -> String {
-    match error {
-        Some(e) => e.to_string(),
-        None => "an earlier record in the same write failed".into(),
-    }
-}
-
-/// Writes `buf` with as few `write` calls as the kernel allows (one, unless the disk fills).
-/// Returns how many bytes reached the file, and the error that stopped it. A line cut short by
-/// a failure is truncated away, so that the file never holds a torn record.
-fn write_batch(file: &mut File, buf: &[u8]) -> (usize, Option<io::Error>) {
-    let mut done = 0;
-    while done < buf.len() {
-        match file.write(&buf[done..]) {
-            Ok(0) => return cut_torn_line(file, buf, done, io::ErrorKind::WriteZero.into()),
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return cut_torn_line(file, buf, done, e),
-        }
-    }
-    (done, None)
-}
-
-fn cut_torn_line(file: &File, buf: &[u8], done: usize, e: io::Error) -> (usize, Option<io::Error>) {
-    let whole = buf[..done]
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |i| i + 1);
-    let torn = (done - whole) as u64;
-    if torn > 0 {
-        // Another process appending in this instant would lose its tail too; a full disk
-        // leaves no better choice, and without this the file would hold half a line.
-        if let Ok(meta) = file.metadata() {
-            let _ = file.set_len(meta.len().saturating_sub(torn));
-        }
-    }
-    (whole, Some(e))
-}
-
-fn open_append(path: &Path) -> io::Result<File> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir)?;
-    }
-    let mut file = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o644)
-        .open(path)?;
-    // A file whose last line was cut short (a crash or power loss mid-write, by an older
-    // writer) gets a newline first, so our first record is not glued onto the fragment.
-    let meta = file.metadata()?;
-    if meta.is_file() && meta.len() > 0 {
-        let mut last = [0u8; 1];
-        let read = File::open(path).and_then(|f| {
-            use std::os::unix::fs::FileExt;
-            f.read_exact_at(&mut last, meta.len() - 1)
-        });
-        if read.is_ok() && last[0] != b'\n' {
-            file.write_all(b"\n")?;
-        }
-    }
-    Ok(file)
-}
-
-/// The uid this process runs as, read from procfs (no libc needed; `/proc/self` belongs to it).
-fn current_uid() -> Option<u32> {
-    fs::metadata("/proc/self").ok().map(|m| m.uid())
-}
-
-fn open_error(path: &Path, e: &io::Error) -> OpenError {
-    let uid = current_uid().map_or_else(|| "unknown".to_string(), |u| u.to_string());
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    // Absolute, so that inside a container it reads `/app/logs`, the mount point.
-    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let hint = match e.kind() {
-        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => format!(
-            "make {} writable by uid {uid} (if it is a mounted host directory, on the host: `sudo chown {uid} <that directory>`; or run `api --prepare-logs {uid}:{uid}` as root, as compose's log-init does), or set LOG_FILE to a writable path",
-            dir.display(),
-        ),
-        _ => "check the path, or set LOG_FILE to a writable file".to_string(),
-    };
-    OpenError(format!(
-        "cannot open log file {} for appending as uid {uid}: {e}; {hint}",
-        path.display()
-    ))
 }

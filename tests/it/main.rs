@@ -9,6 +9,8 @@ mod support;
 mod abuse;
 /// kill -9, SIGTERM under load, full disks.
 mod crash;
+/// POST /events: exact storage, duplicate keys, EVENT_SYNC, generated bodies.
+mod events;
 /// Hostile input over raw TCP, from the case table in tests/data/.
 mod hostile;
 /// Body, head and time limits.
