@@ -1,7 +1,8 @@
 //! The accept loop: one tokio task per connection, served by hyper's HTTP/1.1 connection
-//! driver over a guarded socket (`conn`), at most `max_connections` at once, and a graceful
-//! drain on shutdown. hyper's own header timer is off: it allocates and registers a timer for
-//! every request, where `conn::Guarded` keeps one per connection.
+//! driver over a guarded socket (`conn`), at most `max_connections` at once (`admission`
+//! decides who gets a slot when they are all taken), and a graceful drain on shutdown.
+//! hyper's own header timer is off: it allocates and registers a timer for every request,
+//! where `conn::Guarded` keeps one per connection.
 
 use std::io;
 use std::net::SocketAddr;
@@ -15,13 +16,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use crate::routes::{self, App};
 use crate::shutdown::Shutdown;
 
+mod admission;
 mod conn;
 
+use admission::Admission;
 use conn::{Activity, Drain, Guarded};
 
 /// Pause after an accept error that is not about one connection (e.g. out of file
@@ -39,18 +41,21 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
         // (So does a head of over 100 fields: raising hyper's field limit moves its parse
         // buffer to the heap, a cost paid by every request.)
         .max_buf_size(app.cfg.max_header_bytes + 8192);
-    let limit = Arc::new(Semaphore::new(app.cfg.max_connections));
+    let admission = Arc::new(Admission::new(Arc::clone(&app)));
+    let summary = tokio::spawn({
+        let admission = Arc::clone(&admission);
+        async move { admission.summarize().await }
+    });
     let graceful = GracefulShutdown::new();
     let drain = Arc::new(Drain::default());
 
     loop {
-        // Take a permit before accepting: past the cap, clients wait in the listen backlog.
-        let permit = tokio::select! {
-            permit = limit.clone().acquire_owned() => {
-                permit.expect("the connection semaphore is never closed")
-            }
+        // Accept only with room: a free slot or a connection to evict. Without, clients wait
+        // in the listen backlog.
+        tokio::select! {
+            () = admission.ready() => {}
             () = shutdown.requested() => break,
-        };
+        }
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -64,10 +69,14 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
             },
             () = shutdown.requested() => break,
         };
+        let activity = Arc::new(Activity::new());
+        let ticket = tokio::select! {
+            ticket = admission.admit(Arc::clone(&activity)) => ticket,
+            () = shutdown.requested() => break,
+        };
         // Small JSON answers: don't let Nagle hold them back.
         let _ = stream.set_nodelay(true);
-        let activity = Arc::new(Activity::new());
-        let io = Guarded::new(stream, Arc::clone(&activity), &drain, &app.cfg);
+        let io = Guarded::new(stream, Arc::clone(&activity), &drain, &admission, &app.cfg);
         let app = Arc::clone(&app);
         let service = service_fn(move |req: Request<Incoming>| {
             let app = Arc::clone(&app);
@@ -84,16 +93,17 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
             if let Err(e) = conn.await {
                 log::debug!(peer:% = peer, error:% = e; "connection ended with an error");
             }
-            drop(permit);
+            drop(ticket);
         });
     }
     drop(listener);
+    summary.abort();
     // Connections without a request in progress (silent, idle, or mid-head) close now; hyper's
     // graceful shutdown alone would wait for a head that may never come.
     drain.start();
 
     let grace = app.cfg.grace;
-    let open = app.cfg.max_connections - limit.available_permits();
+    let open = admission.open();
     log::info!(connections = open as u64, grace_ms = grace.as_millis() as u64; "draining");
     tokio::select! {
         () = graceful.shutdown() => {
@@ -101,7 +111,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
             Ok(())
         }
         () = tokio::time::sleep(grace) => {
-            let open = app.cfg.max_connections - limit.available_permits();
+            let open = admission.open();
             log::warn!(connections = open as u64; "grace period expired; closing the remaining connections");
             Err(io::Error::other(format!("grace period of {grace:?} expired with {open} connections open")))
         }

@@ -14,6 +14,8 @@ mod hostile;
 mod limits;
 /// Log records: format, escaping, durability, rotation, concurrent writers.
 mod logs;
+/// Past the connection cap: who makes room for new clients.
+mod overload;
 /// The binary: configuration errors, signals, `--healthcheck`.
 mod process;
 /// Routes, statuses, bodies and headers.
