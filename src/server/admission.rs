@@ -4,9 +4,9 @@
 //! none is free, a connection that only waits for its client is worth less than a new client,
 //! so the accept loop accepts anyway and evicts one to make room:
 //!
-//! 1. an idle connection, the longest idle first: kept alive after a request, or new and
-//!    silent. Only once idle for [`RECENT`]: sooner, it is between two requests of a working
-//!    client (or about to send its first), and closing it would likely race with that request;
+//! 1. an idle connection, the longest idle first: kept alive after a request, once idle for
+//!    [`RECENT`] (sooner, it is between two requests of a working client, and closing it
+//!    would likely race with the next), or new and silent for [`SILENT`];
 //! 2. else a connection part-way through a request head, the oldest first: slowloris, or a
 //!    client so slow it would hit the header timeout anyway. Honest clients send a head in one
 //!    go, and the newest heads are the last to go.
@@ -14,7 +14,7 @@
 //! A connection with a request in progress (head complete, handler running, answer being
 //! written) is never chosen. If no connection can be evicted, the loop stops accepting and
 //! new clients wait in the listen backlog, as without eviction; it looks again when a slot
-//! frees, when a connection starts waiting for a head, or when an idle one passes [`RECENT`].
+//! frees, when a connection starts waiting for a head, or when an idle one becomes evictable.
 //!
 //! An evicted connection is closed by its own task at its next read, which sees end of
 //! stream: an idle one is closed between requests (a clean close, as at the idle timeout),
@@ -43,7 +43,17 @@ use crate::app::App;
 
 /// A kept-alive connection that finished a request less than this ago is not evicted: it is
 /// between two requests of a client that is working, not parked.
-pub(super) const RECENT: Duration = Duration::from_secs(2);
+const RECENT: Duration = Duration::from_secs(2);
+
+/// A new connection that has sent nothing is not evicted for this long: its client sends its
+/// first request as soon as it has connected, and may not have been scheduled yet.
+const SILENT: Duration = Duration::from_millis(250);
+
+/// Victims are ranked this many at a time ([`Admission::victim`])...
+const BATCH: usize = 32;
+
+/// ... for at most this long, so that the order stays close to the present one.
+const BATCH_FOR: Duration = Duration::from_millis(100);
 
 /// While the cap is reached, the log gets one summary line per this period.
 const SUMMARY_EVERY: Duration = Duration::from_secs(10);
@@ -66,6 +76,9 @@ struct Held {
     conns: Vec<Option<Arc<Activity>>>,
     free: Vec<usize>,
     open: usize,
+    /// The best victims of the last scan, the best last, and when it was made.
+    victims: Vec<Victim>,
+    scanned: Option<Instant>,
 }
 
 /// A connection's slot: released, and the connection forgotten, when the connection ends.
@@ -75,10 +88,11 @@ pub(super) struct Ticket {
     _permit: OwnedSemaphorePermit,
 }
 
-/// The connection to evict, as seen by a scan.
-struct Victim {
+/// A connection to evict, as a scan found it.
+pub(super) struct Victim {
     conn: Arc<Activity>,
     kind: Wait,
+    since: Instant,
     state: u64,
 }
 
@@ -100,42 +114,49 @@ impl Admission {
         self.held().open
     }
 
-    /// Waits until a new connection could be admitted: a slot is free, or a connection can be
-    /// evicted. Until then, new clients wait in the listen backlog.
-    pub(super) async fn ready(&self) {
+    /// Waits until a new connection could be admitted: a slot is free (`None`), or a
+    /// connection can be evicted (to be passed to [`Admission::admit`]). Until then, new
+    /// clients wait in the listen backlog.
+    pub(super) async fn ready(&self) -> Option<Victim> {
         loop {
             if self.permits.available_permits() > 0 {
-                return;
+                return None;
             }
-            let next = match self.scan() {
-                Ok(_) => return,
-                Err(next) => next,
-            };
-            self.wait(next).await;
+            match self.victim() {
+                Ok(v) => return Some(v),
+                Err(next) => self.wait(next).await,
+            }
         }
     }
 
-    /// A slot for `conn`, just accepted: a free one, or the one of a connection evicted for it.
-    pub(super) async fn admit(self: &Arc<Self>, conn: Arc<Activity>) -> Ticket {
+    /// A slot for `conn`, just accepted: a free one, or that of a connection evicted for it,
+    /// `victim` first if it still waits as it did.
+    pub(super) async fn admit(
+        self: &Arc<Self>,
+        conn: Arc<Activity>,
+        mut victim: Option<Victim>,
+    ) -> Ticket {
         let permit = loop {
             if let Ok(p) = Arc::clone(&self.permits).try_acquire_owned() {
                 break p;
             }
-            match self.scan() {
-                Ok(v) => {
-                    if v.conn.evict(v.state) {
-                        let counter = match v.kind {
-                            Wait::Idle => &self.app.cap.evicted_idle,
-                            _ => &self.app.cap.evicted_head,
-                        };
-                        counter.fetch_add(1, Ordering::Relaxed);
-                        // The victim releases its slot as soon as its task runs, and only
-                        // this loop takes slots: the next one released is this connection's.
-                        break (Arc::clone(&self.permits).acquire_owned().await)
-                            .expect("the slot semaphore is never closed");
-                    }
+            let v = match victim.take().map_or_else(|| self.victim(), Ok) {
+                Ok(v) => v,
+                Err(next) => {
+                    self.wait(next).await;
+                    continue;
                 }
-                Err(next) => self.wait(next).await,
+            };
+            if v.conn.evict(v.state) {
+                let counter = match v.kind {
+                    Wait::Idle => &self.app.cap.evicted_idle,
+                    _ => &self.app.cap.evicted_head,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                // The victim releases its slot as soon as its task runs, and only this loop
+                // takes slots: the next one released is this connection's.
+                break (Arc::clone(&self.permits).acquire_owned().await)
+                    .expect("the slot semaphore is never closed");
             }
         };
         let mut held = self.held();
@@ -167,38 +188,30 @@ impl Admission {
         }
     }
 
-    /// The connection to evict, or, if there is none, when an idle one will become evictable.
-    fn scan(&self) -> Result<Victim, Option<Instant>> {
+    /// The best connection to evict, or, if there is none, when an idle one will become
+    /// evictable. Victims are ranked [`BATCH`] at a time, so that a flood of new connections
+    /// costs one pass over the held connections per batch, not per connection; a batch
+    /// older than [`BATCH_FOR`] is ranked again. A victim that has moved on since is refused
+    /// by `Activity::evict`.
+    fn victim(&self) -> Result<Victim, Option<Instant>> {
         let now = Instant::now();
-        let held = self.held();
-        let mut idle: Option<(Instant, Victim)> = None;
-        let mut head: Option<(Instant, Victim)> = None;
-        let mut next: Option<Instant> = None;
-        for conn in held.conns.iter().flatten() {
-            let Some((kind, since, state)) = conn.waiting() else {
-                continue;
-            };
-            let best = match kind {
-                Wait::Idle if now.saturating_duration_since(since) < RECENT => {
-                    next = Some(next.map_or(since + RECENT, |n| n.min(since + RECENT)));
-                    continue;
-                }
-                Wait::Idle => &mut idle,
-                _ => &mut head,
-            };
-            if best.as_ref().is_none_or(|(t, _)| since < *t) {
-                let conn = Arc::clone(conn);
-                *best = Some((since, Victim { conn, kind, state }));
-            }
+        let mut held = self.held();
+        if held.scanned.is_none_or(|t| now >= t + BATCH_FOR) {
+            held.victims.clear();
         }
-        idle.or(head).map(|(_, v)| v).ok_or(next)
+        if let Some(v) = held.victims.pop() {
+            return Ok(v);
+        }
+        held.scanned = Some(now);
+        let next = held.scan(now);
+        held.victims.pop().ok_or(next)
     }
 
     /// Waits for a slot to be released, a connection to start waiting for a head, or `next`
-    /// (else [`RECENT`]: a connection that goes idle now is evictable no sooner).
+    /// (else [`SILENT`]: a connection that goes idle now is evictable no sooner).
     async fn wait(&self, next: Option<Instant>) {
         self.wanted.store(true, Ordering::Relaxed);
-        let until = next.unwrap_or_else(|| Instant::now() + RECENT);
+        let until = next.unwrap_or_else(|| Instant::now() + SILENT);
         tokio::select! {
             _ = self.permits.acquire() => {}
             () = self.head_waiting.notified() => {}
@@ -244,6 +257,40 @@ impl Admission {
     }
 }
 
+impl Held {
+    /// Ranks the connections that could be evicted now into `victims` (the best [`BATCH`],
+    /// the best last): idle ones before heads, the longest waiting first. Returns when an
+    /// idle connection not yet evictable will be.
+    fn scan(&mut self, now: Instant) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut found = std::mem::take(&mut self.victims);
+        found.clear();
+        for conn in self.conns.iter().flatten() {
+            let Some(w) = conn.waiting() else {
+                continue;
+            };
+            if w.kind == Wait::Idle {
+                let from = w.since + if w.served { RECENT } else { SILENT };
+                if now < from {
+                    next = Some(next.map_or(from, |n| n.min(from)));
+                    continue;
+                }
+            }
+            found.push(Victim {
+                conn: Arc::clone(conn),
+                kind: w.kind,
+                since: w.since,
+                state: w.state,
+            });
+        }
+        // Worst first, so that the best are popped from the end.
+        found.sort_unstable_by_key(|v| std::cmp::Reverse((v.kind != Wait::Idle, v.since)));
+        found.drain(..found.len().saturating_sub(BATCH));
+        self.victims = found;
+        next
+    }
+}
+
 impl Drop for Ticket {
     fn drop(&mut self) {
         let admission = &self.admission;
@@ -252,7 +299,9 @@ impl Drop for Ticket {
             admission.app.cap.left(std::time::Instant::now());
         }
         held.open -= 1;
-        held.conns[self.index] = None;
+        if let Some(conn) = held.conns[self.index].take() {
+            conn.retire(); // no longer a victim, even for a batch that still holds it
+        }
         held.free.push(self.index);
         // The permit is released after this, with the entry already gone.
     }

@@ -63,6 +63,18 @@ pub(super) enum Wait {
 
 const WAIT_BITS: u64 = 0b11;
 
+/// A connection waiting for its client, as [`Activity::waiting`] found it.
+pub(super) struct Waiting {
+    pub(super) kind: Wait,
+    /// Since when: the end of the last answer (or the connection's opening), or the head's
+    /// first byte.
+    pub(super) since: Instant,
+    /// Whether it has served a request: if not, an idle connection has sent nothing yet.
+    pub(super) served: bool,
+    /// The state word it was found in, for [`Activity::evict`].
+    pub(super) state: u64,
+}
+
 fn wait_kind(state: u64) -> Wait {
     match state & WAIT_BITS {
         0 => Wait::Busy,
@@ -103,11 +115,11 @@ impl Activity {
         self.opened + Duration::from_millis(self.last_end_ms.load(Ordering::Acquire))
     }
 
-    /// What the connection waits for now and since when, with the state word to pass to
-    /// [`Activity::evict`]; `None` if it is not waiting for its client.
-    pub(super) fn waiting(&self) -> Option<(Wait, Instant, u64)> {
+    /// What the connection waits for now, if it waits for its client.
+    pub(super) fn waiting(&self) -> Option<Waiting> {
         let state = self.state.load(Ordering::Acquire);
-        if state >> 2 != u64::from(self.started.load(Ordering::Acquire)) {
+        let started = u64::from(self.started.load(Ordering::Acquire));
+        if state >> 2 != started {
             // A request began from what hyper had already read, without a read since.
             return None;
         }
@@ -118,10 +130,20 @@ impl Activity {
             }
             Wait::Busy | Wait::Evicted => return None,
         };
-        Some((wait_kind(state), since, state))
+        Some(Waiting {
+            kind: wait_kind(state),
+            since,
+            served: started > 0,
+            state,
+        })
     }
 
-    /// Closes the connection if it still waits as `seen` (from [`Activity::waiting`]) says:
+    /// Marks a connection that has ended: it can no longer be evicted.
+    pub(super) fn retire(&self) {
+        self.state.store(Wait::Busy as u64, Ordering::Release);
+    }
+
+    /// Closes the connection if it still waits as `seen` (from [`Waiting::state`]) says:
     /// its next read with no request in progress sees end of stream. False if it has moved
     /// on (it read since).
     pub(super) fn evict(&self, seen: u64) -> bool {

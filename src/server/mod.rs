@@ -15,7 +15,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
 use crate::routes::{self, App};
 use crate::shutdown::Shutdown;
@@ -52,10 +52,10 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
     loop {
         // Accept only with room: a free slot or a connection to evict. Without, clients wait
         // in the listen backlog.
-        tokio::select! {
-            () = admission.ready() => {}
+        let victim = tokio::select! {
+            victim = admission.ready() => victim,
             () = shutdown.requested() => break,
-        }
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -69,9 +69,10 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
             },
             () = shutdown.requested() => break,
         };
+        // A slot for it: a free one, or that of a connection evicted to make room.
         let activity = Arc::new(Activity::new());
         let ticket = tokio::select! {
-            ticket = admission.admit(Arc::clone(&activity)) => ticket,
+            ticket = admission.admit(Arc::clone(&activity), victim) => ticket,
             () = shutdown.requested() => break,
         };
         // Small JSON answers: don't let Nagle hold them back.
@@ -135,7 +136,7 @@ fn per_connection(e: &io::Error) -> bool {
 
 /// Binds the configured address, naming it in the error.
 pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| {
+    listen(addr).map_err(|e| {
         let hint = match e.kind() {
             io::ErrorKind::AddrInUse => {
                 "; another process holds it: stop that one or choose another --port/PORT"
@@ -148,4 +149,23 @@ pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
         };
         io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}{hint}"))
     })
+}
+
+/// Connections the kernel completes ahead of `accept`. At the cap, the loop accepts only as
+/// fast as it can make room; a burst of new connections larger than this queue would have
+/// its excess (and any new client among it) wait a second for a SYN retransmit. Linux caps
+/// it at `net.core.somaxconn` (4096 by default since 5.4).
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As std and tokio's `TcpListener::bind` do: a restart can bind while old connections of
+    // the previous process linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
