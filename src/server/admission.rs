@@ -1,8 +1,9 @@
 //! Admission at the connection cap: who gets a slot when all `max_connections` are taken.
 //!
-//! A slot is a permit of a semaphore, taken before a connection is accepted, as before. When
-//! none is free, a connection that only waits for its client is worth less than a new client,
-//! so the accept loop accepts anyway and evicts one to make room:
+//! A slot is a permit of a semaphore, held by a connection for its lifetime. The accept loop
+//! accepts only when there is room: a free slot, or, at the cap, a connection it may evict.
+//! A connection that only waits for its client is worth less than a new client, so one is
+//! closed to make room, chosen in this order:
 //!
 //! 1. an idle connection, the longest idle first: kept alive after a request, once idle for
 //!    [`RECENT`] (sooner, it is between two requests of a working client, and closing it
@@ -18,12 +19,14 @@
 //!
 //! An evicted connection is closed by its own task at its next read, which sees end of
 //! stream: an idle one is closed between requests (a clean close, as at the idle timeout),
-//! and a connection that claimed its socket for a request first is left alone (see
-//! `conn::Activity::evict`). The loop then takes the victim's slot as it is released, before
-//! accepting again: the service holds at most one connection beyond the cap, the one waiting
-//! for that slot, so the cap still bounds descriptors and memory. A flood of new connections
-//! at the cap turns over the evictable ones, newest kept, one eviction per accepted
-//! connection; clients doing work keep their slots.
+//! and one whose client's request raced the eviction is closed only after answering it (see
+//! `conn::Activity::evict`). The loop takes the victim's slot as it is released before it
+//! accepts again, so the service holds at most one connection beyond the cap (the one waiting
+//! for that slot, or, if the victim found by `ready` moved on before a client arrived, for any
+//! slot): the cap still bounds descriptors and memory. A flood of new connections at the cap
+//! turns over the evictable connections, newest kept, at one eviction per accepted
+//! connection, as fast as the loop can go; what waits beyond that waits in the listen backlog,
+//! as before, and clients doing work keep their slots throughout.
 //!
 //! This is eviction rather than timeouts scaled by load (Envoy's overload manager) or a queue
 //! (nginx, HAProxy): scaled timeouts still make a new client wait for some timeout to run out
