@@ -7,7 +7,8 @@
 //! A request flows down this list, and no module uses one above it (`main.rs` uses them all).
 //!
 //! - [`server`]: the accept loop, the connection cap and the graceful drain; `server::conn`
-//!   wraps each socket with the header, idle and write timeouts.
+//!   wraps each socket with the header, idle and write timeouts, and `server::admission`
+//!   decides who gets a slot at the cap (evicting idle and slow connections).
 //! - [`shutdown`]: SIGTERM/SIGINT into a shutdown request, SIGHUP into a log reopen.
 //! - [`routes`]: the router and the per-request envelope (request id, head checks, client
 //!   address, access record).
