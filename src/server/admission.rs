@@ -50,7 +50,7 @@ const RECENT: Duration = Duration::from_secs(2);
 
 /// A new connection that has sent nothing is not evicted for this long: its client sends its
 /// first request as soon as it has connected, and may not have been scheduled yet.
-const SILENT: Duration = Duration::from_millis(250);
+const SILENT: Duration = Duration::from_millis(100);
 
 /// Victims are ranked this many at a time ([`Admission::victim`])...
 const BATCH: usize = 32;
