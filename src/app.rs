@@ -30,7 +30,7 @@ pub struct App {
 /// Time spent with every connection slot taken, and connections closed to make room.
 #[derive(Default)]
 pub(crate) struct CapCounters {
-    /// Idle keep-alive connections evicted.
+    /// Idle connections evicted: kept alive between requests, or new and silent.
     pub(crate) evicted_idle: AtomicU64,
     /// Connections evicted part-way through a request head.
     pub(crate) evicted_head: AtomicU64,
