@@ -1,8 +1,9 @@
 //! [`App`], the state every connection of one server shares: the configuration, the log
 //! sink, the id generator, the counters `GET /` reports, and whether the server is draining.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 
@@ -25,6 +26,65 @@ pub struct App {
     /// Set at the first shutdown request: `/health` answers 503 and answers close their
     /// connection, so load balancers and keep-alive clients move to other replicas.
     draining: AtomicBool,
+    /// What happened at the connection cap, for `GET /` and the log.
+    pub(crate) cap: CapCounters,
+}
+
+/// Time spent with every connection slot taken, and connections closed to make room.
+#[derive(Default)]
+pub(crate) struct CapCounters {
+    /// Idle connections evicted: kept alive between requests, or new and silent.
+    pub(crate) evicted_idle: AtomicU64,
+    /// Connections evicted part-way through a request head.
+    pub(crate) evicted_head: AtomicU64,
+    at_cap: Mutex<AtCap>,
+}
+
+#[derive(Default)]
+struct AtCap {
+    /// Since when every slot is taken, if it is now.
+    since: Option<Instant>,
+    /// Time at the cap before `since`.
+    before: Duration,
+}
+
+/// [`CapCounters`] at one moment.
+pub(crate) struct CapSnapshot {
+    pub(crate) at_cap: Duration,
+    pub(crate) reached: bool,
+    pub(crate) evicted_idle: u64,
+    pub(crate) evicted_head: u64,
+}
+
+impl CapCounters {
+    /// Every slot is taken from `now` on.
+    pub(crate) fn reached(&self, now: Instant) {
+        self.lock().since.get_or_insert(now);
+    }
+
+    /// A slot is free again from `now` on.
+    pub(crate) fn left(&self, now: Instant) {
+        let mut t = self.lock();
+        if let Some(since) = t.since.take() {
+            t.before += now.saturating_duration_since(since);
+        }
+    }
+
+    pub(crate) fn snapshot(&self, now: Instant) -> CapSnapshot {
+        let t = self.lock();
+        let current = t.since.map(|s| now.saturating_duration_since(s));
+        CapSnapshot {
+            at_cap: t.before + current.unwrap_or_default(),
+            reached: current.is_some(),
+            evicted_idle: self.evicted_idle.load(Ordering::Relaxed),
+            evicted_head: self.evicted_head.load(Ordering::Relaxed),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, AtCap> {
+        // Two plain fields that no panic leaves half updated.
+        self.at_cap.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl App {
@@ -39,6 +99,7 @@ impl App {
             requests: AtomicU64::new(0),
             events: AtomicU64::new(0),
             draining: AtomicBool::new(false),
+            cap: CapCounters::default(),
         }
     }
 

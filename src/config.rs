@@ -127,7 +127,7 @@ const SETTINGS: &[Setting] = &[
         flag: "--max-connections",
         env: "MAX_CONNECTIONS",
         default: "1024",
-        help: "concurrent connections; further clients wait in the listen backlog",
+        help: "concurrent connections; at the cap idle and slow ones make room for new clients",
     },
     Setting {
         flag: "--header-timeout",

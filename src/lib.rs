@@ -7,8 +7,10 @@
 //! A request flows down this list, and no module uses one above it (`main.rs` uses them all).
 //!
 //! - [`server`]: the listener (dual-stack by default), the accept loop, the connection cap and
-//!   the graceful shutdown; `server::drain` keeps serving for the drain delay, and
-//!   `server::conn` wraps each socket with the header, idle and write timeouts.
+//!   the graceful shutdown; `server::drain` keeps serving for the drain delay,
+//!   `server::admission` decides who gets a slot at the cap (evicting idle and slow
+//!   connections), and `server::conn` wraps each socket with the header, idle and write
+//!   timeouts.
 //! - [`shutdown`]: SIGTERM/SIGINT into a shutdown request, SIGHUP into a log reopen.
 //! - [`routes`]: the router and the per-request envelope (request id, head checks, client
 //!   address, access record).

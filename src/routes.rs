@@ -171,6 +171,7 @@ async fn route(
 
 /// `GET /`: who this is and how it is doing.
 fn info(app: &App) -> Response<Body> {
+    let cap = app.cap.snapshot(Instant::now());
     let routes: Vec<Value> = ROUTES
         .iter()
         .map(|(m, p, d)| json!({ "methods": m, "path": p, "description": d }))
@@ -185,6 +186,12 @@ fn info(app: &App) -> Response<Body> {
             "uptime_seconds": app.started.elapsed().as_secs(),
             "requests_served": app.requests.load(Ordering::Relaxed) + 1,
             "events_accepted": app.events.load(Ordering::Relaxed),
+            "connections": {
+                "max": app.cfg.max_connections,
+                "at_cap_ms": cap.at_cap.as_millis() as u64,
+                "evicted_idle": cap.evicted_idle,
+                "evicted_head": cap.evicted_head,
+            },
             "routes": routes,
         }),
     )

@@ -100,7 +100,8 @@ class Server:
             if variant["access_log"]:
                 self.log_path = os.path.join(self.dir, "access.log")
                 access = self.log_path
-            with open(os.path.join(HERE, "nginx.conf.in")) as f:
+            conf_in = variant.get("conf", "nginx.conf.in")
+            with open(os.path.join(HERE, conf_in)) as f:
                 conf = f.read()
             conf = (
                 conf.replace("@DIR@", self.dir)

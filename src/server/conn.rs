@@ -10,12 +10,16 @@
 //! balancer's idle timeout (60 s on common ones), avoiding the race where both sides close at
 //! once. A write that cannot progress for `write_timeout` (a client that never reads) closes
 //! the connection too.
+//!
+//! When the connection waits for its client (idle between requests, or part-way through a
+//! head) it says so in [`Activity`], with its task's waker, so that the admission
+//! (`super::admission`) can close it to make room at the cap; see there for why and when.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::task::{Context, Poll, ready};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -24,6 +28,7 @@ use tokio::sync::Notify;
 use tokio::sync::futures::OwnedNotified;
 use tokio::time::{Instant, Sleep};
 
+use super::admission::Admission;
 use crate::config::Config;
 
 /// Requests a connection has begun (hyper parsed their head) and finished answering.
@@ -33,6 +38,50 @@ pub(super) struct Activity {
     opened: Instant,
     /// When the last request finished, in milliseconds after `opened`.
     last_end_ms: AtomicU64,
+    /// Whether the connection waits for its client, as a [`Wait`] kind in the low bits and
+    /// the count of started requests above them, so that a connection which served a request
+    /// in between never matches a stale reading (see [`Activity::evict`]).
+    state: AtomicU64,
+    /// When the head it waits for began, in milliseconds after `opened`.
+    head_began_ms: AtomicU64,
+    /// The connection task's waker, so that an eviction can wake it.
+    waker: Mutex<Option<Waker>>,
+}
+
+/// What a connection is waiting for, as the admission sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Wait {
+    /// Nothing to evict: a request in progress, an answer being written, or not yet polled.
+    Busy = 0,
+    /// A request: a kept-alive connection between requests, or a new one that sent nothing.
+    Idle = 1,
+    /// The rest of a request head.
+    Head = 2,
+    /// Closed by the admission: once no request is in progress, reads see end of stream.
+    Evicted = 3,
+}
+
+const WAIT_BITS: u64 = 0b11;
+
+/// A connection waiting for its client, as [`Activity::waiting`] found it.
+pub(super) struct Waiting {
+    pub(super) kind: Wait,
+    /// Since when: the end of the last answer (or the connection's opening), or the head's
+    /// first byte.
+    pub(super) since: Instant,
+    /// Whether it has served a request: if not, an idle connection has sent nothing yet.
+    pub(super) served: bool,
+    /// The state word it was found in, for [`Activity::evict`].
+    pub(super) state: u64,
+}
+
+fn wait_kind(state: u64) -> Wait {
+    match state & WAIT_BITS {
+        0 => Wait::Busy,
+        1 => Wait::Idle,
+        2 => Wait::Head,
+        _ => Wait::Evicted,
+    }
 }
 
 impl Activity {
@@ -42,6 +91,9 @@ impl Activity {
             finished: AtomicU32::new(0),
             opened: Instant::now(),
             last_end_ms: AtomicU64::new(0),
+            state: AtomicU64::new(Wait::Busy as u64),
+            head_began_ms: AtomicU64::new(0),
+            waker: Mutex::new(None),
         }
     }
 
@@ -61,6 +113,52 @@ impl Activity {
     /// When the connection last became idle: the end of its last request, or its opening.
     fn idle_since(&self) -> Instant {
         self.opened + Duration::from_millis(self.last_end_ms.load(Ordering::Acquire))
+    }
+
+    /// What the connection waits for now, if it waits for its client.
+    pub(super) fn waiting(&self) -> Option<Waiting> {
+        let state = self.state.load(Ordering::Acquire);
+        let started = u64::from(self.started.load(Ordering::Acquire));
+        if state >> 2 != started {
+            // A request began from what hyper had already read, without a read since.
+            return None;
+        }
+        let since = match wait_kind(state) {
+            Wait::Idle => self.idle_since(),
+            Wait::Head => {
+                self.opened + Duration::from_millis(self.head_began_ms.load(Ordering::Acquire))
+            }
+            Wait::Busy | Wait::Evicted => return None,
+        };
+        Some(Waiting {
+            kind: wait_kind(state),
+            since,
+            served: started > 0,
+            state,
+        })
+    }
+
+    /// Marks a connection that has ended: it can no longer be evicted.
+    pub(super) fn retire(&self) {
+        self.state.store(Wait::Busy as u64, Ordering::Release);
+    }
+
+    /// Closes the connection if it still waits as `seen` (from [`Waiting::state`]) says:
+    /// its next read with no request in progress sees end of stream. False if it has moved
+    /// on (it read since).
+    pub(super) fn evict(&self, seen: u64) -> bool {
+        let evicted = (seen & !WAIT_BITS) | Wait::Evicted as u64;
+        if self
+            .state
+            .compare_exchange(seen, evicted, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        if let Some(w) = &*self.waker.lock().unwrap_or_else(|e| e.into_inner()) {
+            w.wake_by_ref();
+        }
+        true
     }
 }
 
@@ -91,6 +189,8 @@ struct HeadClock {
     /// Whether `head_deadline` is set for it. Only a head that does not arrive whole in one
     /// read needs the timer; most do, and skip the timer wheel entirely.
     registered: bool,
+    /// Whether any of it has arrived: until then the connection is idle, not trickling.
+    received: bool,
 }
 
 /// The socket, plus the guards hyper does not provide (or, for idle time, provides at a cost
@@ -107,6 +207,9 @@ struct HeadClock {
 ///   so a client that never reads its answer cannot hold a connection slot (or the drain).
 /// - the drain: once shutdown starts, a read while no request is in progress sees end of
 ///   stream, which closes the connection.
+/// - eviction: the same, for this connection alone, once the admission chose it to make room
+///   at the cap; it can be chosen only while it waits for its client, which it tells
+///   [`Activity`] whenever a read finds nothing or an answer has been flushed.
 pub(super) struct Guarded {
     io: TcpStream,
     activity: Arc<Activity>,
@@ -122,6 +225,16 @@ pub(super) struct Guarded {
     drain: Arc<Drain>,
     /// Created with the connection, so it hears a `notify_waiters` even before it is polled.
     drain_notified: Pin<Box<OwnedNotified>>,
+    admission: Arc<Admission>,
+    /// Whether `activity` says the connection waits for its client (it may be evicted), and
+    /// the state it was told.
+    parked: bool,
+    published: u64,
+    /// Set once evicted: from then on, a read while no request is in progress sees end of
+    /// stream, as in the drain.
+    evicted: bool,
+    /// The waker last handed to `activity`, to skip its lock when the task's waker is the same.
+    waker: Option<Waker>,
 }
 
 impl Guarded {
@@ -129,6 +242,7 @@ impl Guarded {
         io: TcpStream,
         activity: Arc<Activity>,
         drain: &Arc<Drain>,
+        admission: &Arc<Admission>,
         cfg: &Config,
     ) -> Guarded {
         let opened = activity.opened;
@@ -141,6 +255,7 @@ impl Guarded {
                 after: 0,
                 began: opened,
                 registered: false,
+                received: false,
             }),
             idle_timeout: cfg.idle_timeout,
             idle_deadline: Box::pin(tokio::time::sleep_until(opened + cfg.idle_timeout)),
@@ -149,6 +264,65 @@ impl Guarded {
             write_armed: false,
             drain: Arc::clone(drain),
             drain_notified: Box::pin(Arc::clone(&drain.notify).notified_owned()),
+            admission: Arc::clone(admission),
+            parked: false,
+            published: 0,
+            evicted: false,
+            waker: None,
+        }
+    }
+
+    /// Tells the admission the connection now waits for its client: for a request (idle, or
+    /// new and silent) or for the rest of a head. The waker goes first, so an eviction that
+    /// sees the state also finds the waker.
+    fn park(&mut self, cx: &Context<'_>, started: u32) {
+        if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            let w = cx.waker().clone();
+            *self
+                .activity
+                .waker
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(w.clone());
+            self.waker = Some(w);
+        }
+        if self.head.as_ref().is_some_and(|h| h.after != started) {
+            self.head = None; // the timed head arrived
+        }
+        let head = self.head.as_ref().filter(|h| h.received).map(|h| h.began);
+        let kind = if head.is_some() {
+            Wait::Head
+        } else {
+            Wait::Idle
+        };
+        let state = (u64::from(started) << 2) | kind as u64;
+        if self.parked && state == self.published {
+            return; // already said, and an eviction since must stand
+        }
+        self.unpark();
+        if self.evicted {
+            return;
+        }
+        if let Some(began) = head {
+            let began = began.saturating_duration_since(self.activity.opened);
+            (self.activity.head_began_ms).store(began.as_millis() as u64, Ordering::Release);
+        }
+        self.activity.state.store(state, Ordering::Release);
+        self.parked = true;
+        self.published = state;
+        if kind == Wait::Head {
+            self.admission.head_waiting();
+        }
+    }
+
+    /// Takes the connection back from the admission before reading; notes if it was evicted.
+    fn unpark(&mut self) {
+        if self.parked {
+            self.parked = false;
+            let was = self
+                .activity
+                .state
+                .swap(Wait::Busy as u64, Ordering::AcqRel);
+            self.evicted |= wait_kind(was) == Wait::Evicted;
         }
     }
 
@@ -217,6 +391,10 @@ impl AsyncRead for Guarded {
         if !busy && this.drain.started.load(Ordering::Acquire) {
             return Poll::Ready(Ok(())); // end of stream: no request in progress, draining
         }
+        this.unpark();
+        if !busy && this.evicted {
+            return Poll::Ready(Ok(())); // end of stream: closed to make room for another
+        }
         if this.head.as_ref().is_some_and(|h| h.after != started) {
             this.head = None; // the timed head arrived
         }
@@ -245,15 +423,25 @@ impl AsyncRead for Guarded {
                     return Poll::Ready(Err(head_timed_out()));
                 }
             }
+            // Waiting for the client alone (no answer stuck in a write): it may be evicted.
+            if !busy && !this.write_armed {
+                this.park(cx, started);
+            }
             return Poll::Pending;
         }
         ready!(read)?;
-        if this.head.is_none() && !busy && buf.filled().len() > before {
-            this.head = Some(HeadClock {
-                after: started,
-                began: Instant::now(),
-                registered: false,
-            });
+        if !busy && buf.filled().len() > before {
+            match &mut this.head {
+                None => {
+                    this.head = Some(HeadClock {
+                        after: started,
+                        began: Instant::now(),
+                        registered: false,
+                        received: true,
+                    })
+                }
+                Some(h) => h.received = true,
+            }
         }
         Poll::Ready(Ok(()))
     }
@@ -284,7 +472,16 @@ impl AsyncWrite for Guarded {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let r = Pin::new(&mut self.io).poll_flush(cx);
-        self.guard_write(cx, r)
+        let r = self.guard_write(cx, r);
+        if let Poll::Ready(Ok(())) = r {
+            // hyper flushes after an answer, and need not read again before the next request
+            // arrives: the connection may start waiting for its client here.
+            let started = self.activity.started.load(Ordering::Acquire);
+            if started == self.activity.finished.load(Ordering::Acquire) {
+                self.park(cx, started);
+            }
+        }
+        r
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

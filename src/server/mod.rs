@@ -1,9 +1,9 @@
 //! The accept loop: one tokio task per connection, served by hyper's HTTP/1.1 connection
-//! driver over a guarded socket (`conn`), at most `max_connections` at once, and a graceful
-//! shutdown in two phases: serving on for `DRAIN_DELAY` (`drain`), then closing the listener
-//! and letting in-flight requests finish within `GRACE`. hyper's own header timer is off: it
-//! allocates and registers a timer for every request, where `conn::Guarded` keeps one per
-//! connection.
+//! driver over a guarded socket (`conn`), at most `max_connections` at once (`admission`
+//! decides who gets a slot when they are all taken), and a graceful shutdown in two phases:
+//! serving on for `DRAIN_DELAY` (`drain`), then closing the listener and letting in-flight
+//! requests finish within `GRACE`. hyper's own header timer is off: it allocates and
+//! registers a timer for every request, where `conn::Guarded` keeps one per connection.
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -16,16 +16,17 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpSocket};
 
 use crate::config::Config;
 use crate::routes::{self, App};
 use crate::shutdown::Shutdown;
 
+mod admission;
 mod conn;
 mod drain;
 
+use admission::Admission;
 use conn::{Activity, Drain, Guarded};
 
 /// Pause after an accept error that is not about one connection (e.g. out of file
@@ -44,18 +45,21 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
         // (So does a head of over 100 fields: raising hyper's field limit moves its parse
         // buffer to the heap, a cost paid by every request.)
         .max_buf_size(app.cfg.max_header_bytes + 8192);
-    let limit = Arc::new(Semaphore::new(app.cfg.max_connections));
+    let admission = Arc::new(Admission::new(Arc::clone(&app)));
+    let summary = tokio::spawn({
+        let admission = Arc::clone(&admission);
+        async move { admission.summarize().await }
+    });
     let graceful = GracefulShutdown::new();
     let drain = Arc::new(Drain::default());
     let closing = drain::listener_closes(&app, shutdown.clone());
     tokio::pin!(closing);
 
     loop {
-        // Take a permit before accepting: past the cap, clients wait in the listen backlog.
-        let permit = tokio::select! {
-            permit = limit.clone().acquire_owned() => {
-                permit.expect("the connection semaphore is never closed")
-            }
+        // Accept only with room: a free slot or a connection to evict. Without, clients wait
+        // in the listen backlog.
+        let victim = tokio::select! {
+            victim = admission.ready() => victim,
             () = &mut closing => break,
         };
         let (stream, peer) = tokio::select! {
@@ -71,10 +75,15 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
             },
             () = &mut closing => break,
         };
+        // A slot for it: a free one, or that of a connection evicted to make room.
+        let activity = Arc::new(Activity::new());
+        let ticket = tokio::select! {
+            ticket = admission.admit(Arc::clone(&activity), victim) => ticket,
+            () = &mut closing => break,
+        };
         // Small JSON answers: don't let Nagle hold them back.
         let _ = stream.set_nodelay(true);
-        let activity = Arc::new(Activity::new());
-        let io = Guarded::new(stream, Arc::clone(&activity), &drain, &app.cfg);
+        let io = Guarded::new(stream, Arc::clone(&activity), &drain, &admission, &app.cfg);
         let app = Arc::clone(&app);
         let service = service_fn(move |req: Request<Incoming>| {
             let app = Arc::clone(&app);
@@ -91,16 +100,17 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
             if let Err(e) = conn.await {
                 log::debug!(peer:% = peer, error:% = e; "connection ended with an error");
             }
-            drop(permit);
+            drop(ticket);
         });
     }
     drop(listener);
+    summary.abort();
     // Connections without a request in progress (silent, idle, or mid-head) close now; hyper's
     // graceful shutdown alone would wait for a head that may never come.
     drain.start();
 
     let grace = app.cfg.grace;
-    let open = app.cfg.max_connections - limit.available_permits();
+    let open = admission.open();
     log::info!(connections = open as u64, grace_ms = grace.as_millis() as u64; "listener closed");
     tokio::select! {
         // A second request that ended the drain delay must not be read as a clean drain.
@@ -114,7 +124,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
             Ok(())
         }
         () = tokio::time::sleep(grace) => {
-            let open = app.cfg.max_connections - limit.available_permits();
+            let open = admission.open();
             log::warn!(connections = open as u64; "grace period expired; closing the remaining connections");
             Err(io::Error::other(format!("grace period of {grace:?} expired with {open} connections open")))
         }
@@ -138,11 +148,11 @@ fn per_connection(e: &io::Error) -> bool {
 /// to `0.0.0.0` where the kernel has IPv6 off. An address the user chose has no fallback.
 pub async fn listen(cfg: &Config) -> io::Result<TcpListener> {
     let addr = SocketAddr::new(cfg.host, cfg.port);
-    let listener = match TcpListener::bind(addr).await {
+    let listener = match bind_socket(addr) {
         Err(e) if cfg.host_fallback && ipv6_unavailable(&e) => {
             let v4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), cfg.port);
             log::info!(error:% = e; "IPv6 is off in this kernel; listening on IPv4 only");
-            TcpListener::bind(v4).await.map_err(|e| bind_error(v4, e))?
+            bind_socket(v4).map_err(|e| bind_error(v4, e))?
         }
         bound => bound.map_err(|e| bind_error(addr, e))?,
     };
@@ -180,6 +190,25 @@ fn bind_error(addr: SocketAddr, e: io::Error) -> io::Error {
         _ => "",
     };
     io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}{hint}"))
+}
+
+/// Connections the kernel completes ahead of `accept`. At the cap, the loop accepts only as
+/// fast as it can make room; a burst of new connections larger than this queue would have
+/// its excess (and any new client among it) wait a second for a SYN retransmit. Linux caps
+/// it at `net.core.somaxconn` (4096 by default since 5.4).
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind_socket(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As std and tokio's `TcpListener::bind` do: a restart can bind while old connections of
+    // the previous process linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 #[cfg(test)]

@@ -17,6 +17,8 @@ mod hostile;
 mod limits;
 /// Log records: format, escaping, durability, rotation, concurrent writers.
 mod logs;
+/// Past the connection cap: who makes room for new clients.
+mod overload;
 /// The binary: configuration errors, signals, `--healthcheck`.
 mod process;
 /// A rolling restart behind a balancer that lags, with and without DRAIN_DELAY.

@@ -1,0 +1,311 @@
+//! Admission at the connection cap: who gets a slot when all `max_connections` are taken.
+//!
+//! A slot is a permit of a semaphore, held by a connection for its lifetime. The accept loop
+//! accepts only when there is room: a free slot, or, at the cap, a connection it may evict.
+//! A connection that only waits for its client is worth less than a new client, so one is
+//! closed to make room, chosen in this order:
+//!
+//! 1. an idle connection, the longest idle first: kept alive after a request, once idle for
+//!    [`RECENT`] (sooner, it is between two requests of a working client, and closing it
+//!    would likely race with the next), or new and silent for [`SILENT`];
+//! 2. else a connection part-way through a request head, the oldest first: slowloris, or a
+//!    client so slow it would hit the header timeout anyway. Honest clients send a head in one
+//!    go, and the newest heads are the last to go.
+//!
+//! A connection with a request in progress (head complete, handler running, answer being
+//! written) is never chosen. If no connection can be evicted, the loop stops accepting and
+//! new clients wait in the listen backlog, as without eviction; it looks again when a slot
+//! frees, when a connection starts waiting for a head, or when an idle one becomes evictable.
+//!
+//! An evicted connection is closed by its own task at its next read, which sees end of
+//! stream: an idle one is closed between requests (a clean close, as at the idle timeout),
+//! and one whose client's request raced the eviction is closed only after answering it (see
+//! `conn::Activity::evict`). The loop takes the victim's slot as it is released before it
+//! accepts again, so the service holds at most one connection beyond the cap (the one waiting
+//! for that slot, or, if the victim found by `ready` moved on before a client arrived, for any
+//! slot): the cap still bounds descriptors and memory. A flood of new connections at the cap
+//! turns over the evictable connections, newest kept, at one eviction per accepted
+//! connection, as fast as the loop can go; what waits beyond that waits in the listen backlog,
+//! as before, and clients doing work keep their slots throughout.
+//!
+//! This is eviction rather than timeouts scaled by load (Envoy's overload manager) or a queue
+//! (nginx, HAProxy): scaled timeouts still make a new client wait for some timeout to run out
+//! and close connections that would have stayed within it, and a queue keeps the slots with
+//! whoever holds them. Eviction needs no timer and touches nothing until the cap is reached;
+//! the timeouts stay as configured.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use super::conn::{Activity, Wait};
+use crate::app::App;
+
+/// A kept-alive connection that finished a request less than this ago is not evicted: it is
+/// between two requests of a client that is working, not parked.
+const RECENT: Duration = Duration::from_secs(2);
+
+/// A new connection that has sent nothing is not evicted for this long: its client sends its
+/// first request as soon as it has connected, and may not have been scheduled yet.
+const SILENT: Duration = Duration::from_millis(100);
+
+/// Victims are ranked this many at a time ([`Admission::victim`])...
+const BATCH: usize = 32;
+
+/// ... for at most this long, so that the order stays close to the present one.
+const BATCH_FOR: Duration = Duration::from_millis(100);
+
+/// While the cap is reached, the log gets one summary line per this period.
+const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+
+/// The slots, the connections holding them, and what the loop needs to choose a victim.
+pub(super) struct Admission {
+    app: Arc<App>,
+    permits: Arc<Semaphore>,
+    held: Mutex<Held>,
+    /// Set while the loop waits for an evictable connection; a head then wakes it.
+    wanted: AtomicBool,
+    head_waiting: Notify,
+    /// Wakes the summary writer when the cap is reached.
+    reached: Notify,
+}
+
+/// The connections holding slots, indexed by their [`Ticket`].
+#[derive(Default)]
+struct Held {
+    conns: Vec<Option<Arc<Activity>>>,
+    free: Vec<usize>,
+    open: usize,
+    /// The best victims of the last scan, the best last, and when it was made.
+    victims: Vec<Victim>,
+    scanned: Option<Instant>,
+}
+
+/// A connection's slot: released, and the connection forgotten, when the connection ends.
+pub(super) struct Ticket {
+    admission: Arc<Admission>,
+    index: usize,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// A connection to evict, as a scan found it.
+pub(super) struct Victim {
+    conn: Arc<Activity>,
+    kind: Wait,
+    since: Instant,
+    state: u64,
+}
+
+impl Admission {
+    pub(super) fn new(app: Arc<App>) -> Admission {
+        let cap = app.cfg.max_connections;
+        Admission {
+            app,
+            permits: Arc::new(Semaphore::new(cap)),
+            held: Mutex::new(Held::default()),
+            wanted: AtomicBool::new(false),
+            head_waiting: Notify::new(),
+            reached: Notify::new(),
+        }
+    }
+
+    /// Connections holding a slot.
+    pub(super) fn open(&self) -> usize {
+        self.held().open
+    }
+
+    /// Waits until a new connection could be admitted: a slot is free (`None`), or a
+    /// connection can be evicted (to be passed to [`Admission::admit`]). Until then, new
+    /// clients wait in the listen backlog.
+    pub(super) async fn ready(&self) -> Option<Victim> {
+        loop {
+            if self.permits.available_permits() > 0 {
+                return None;
+            }
+            match self.victim() {
+                Ok(v) => return Some(v),
+                Err(next) => self.wait(next).await,
+            }
+        }
+    }
+
+    /// A slot for `conn`, just accepted: a free one, or that of a connection evicted for it,
+    /// `victim` first if it still waits as it did.
+    pub(super) async fn admit(
+        self: &Arc<Self>,
+        conn: Arc<Activity>,
+        mut victim: Option<Victim>,
+    ) -> Ticket {
+        let permit = loop {
+            if let Ok(p) = Arc::clone(&self.permits).try_acquire_owned() {
+                break p;
+            }
+            let v = match victim.take().map_or_else(|| self.victim(), Ok) {
+                Ok(v) => v,
+                Err(next) => {
+                    self.wait(next).await;
+                    continue;
+                }
+            };
+            if v.conn.evict(v.state) {
+                let counter = match v.kind {
+                    Wait::Idle => &self.app.cap.evicted_idle,
+                    _ => &self.app.cap.evicted_head,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                // The victim releases its slot as soon as its task runs, and only this loop
+                // takes slots: the next one released is this connection's.
+                break (Arc::clone(&self.permits).acquire_owned().await)
+                    .expect("the slot semaphore is never closed");
+            }
+        };
+        let mut held = self.held();
+        let index = match held.free.pop() {
+            Some(i) => i,
+            None => {
+                held.conns.push(None);
+                held.conns.len() - 1
+            }
+        };
+        held.conns[index] = Some(conn);
+        held.open += 1;
+        if held.open == self.app.cfg.max_connections {
+            self.app.cap.reached(std::time::Instant::now());
+            self.reached.notify_one();
+        }
+        Ticket {
+            admission: Arc::clone(self),
+            index,
+            _permit: permit,
+        }
+    }
+
+    /// Called by a connection that starts waiting for a head: if the loop waits for a
+    /// connection it can evict, this is one.
+    pub(super) fn head_waiting(&self) {
+        if self.wanted.load(Ordering::Relaxed) {
+            self.head_waiting.notify_one();
+        }
+    }
+
+    /// The best connection to evict, or, if there is none, when an idle one will become
+    /// evictable. Victims are ranked [`BATCH`] at a time, so that a flood of new connections
+    /// costs one pass over the held connections per batch, not per connection; a batch
+    /// older than [`BATCH_FOR`] is ranked again. A victim that has moved on since is refused
+    /// by `Activity::evict`.
+    fn victim(&self) -> Result<Victim, Option<Instant>> {
+        let now = Instant::now();
+        let mut held = self.held();
+        if held.scanned.is_none_or(|t| now >= t + BATCH_FOR) {
+            held.victims.clear();
+        }
+        if let Some(v) = held.victims.pop() {
+            return Ok(v);
+        }
+        held.scanned = Some(now);
+        let next = held.scan(now);
+        held.victims.pop().ok_or(next)
+    }
+
+    /// Waits for a slot to be released, a connection to start waiting for a head, or `next`
+    /// (else [`SILENT`]: a connection that goes idle now is evictable no sooner).
+    async fn wait(&self, next: Option<Instant>) {
+        self.wanted.store(true, Ordering::Relaxed);
+        let until = next.unwrap_or_else(|| Instant::now() + SILENT);
+        tokio::select! {
+            _ = self.permits.acquire() => {}
+            () = self.head_waiting.notified() => {}
+            () = tokio::time::sleep_until(until) => {}
+        }
+        self.wanted.store(false, Ordering::Relaxed);
+    }
+
+    /// Writes one summary line per [`SUMMARY_EVERY`] while the cap is reached: the time spent
+    /// at the cap and the evictions of that period. Runs until dropped.
+    pub(super) async fn summarize(&self) {
+        let cap = &self.app.cap;
+        loop {
+            self.reached.notified().await;
+            let mut last = cap.snapshot(std::time::Instant::now());
+            loop {
+                tokio::time::sleep(SUMMARY_EVERY).await;
+                let now = cap.snapshot(std::time::Instant::now());
+                let at_cap = now.at_cap - last.at_cap;
+                if at_cap.is_zero() && !now.reached {
+                    break; // a stale wake-up: the cap was left before this period began
+                }
+                log::warn!(
+                    max_connections = self.app.cfg.max_connections as u64,
+                    open = self.open() as u64,
+                    period_ms = SUMMARY_EVERY.as_millis() as u64,
+                    at_cap_ms = at_cap.as_millis() as u64,
+                    evicted_idle = now.evicted_idle - last.evicted_idle,
+                    evicted_head = now.evicted_head - last.evicted_head;
+                    "connection cap reached"
+                );
+                if !now.reached {
+                    break;
+                }
+                last = now;
+            }
+        }
+    }
+
+    fn held(&self) -> MutexGuard<'_, Held> {
+        // The lock guards plain bookkeeping that no panic leaves half done.
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Held {
+    /// Ranks the connections that could be evicted now into `victims` (the best [`BATCH`],
+    /// the best last): idle ones before heads, the longest waiting first. Returns when an
+    /// idle connection not yet evictable will be.
+    fn scan(&mut self, now: Instant) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut found = std::mem::take(&mut self.victims);
+        found.clear();
+        for conn in self.conns.iter().flatten() {
+            let Some(w) = conn.waiting() else {
+                continue;
+            };
+            if w.kind == Wait::Idle {
+                let from = w.since + if w.served { RECENT } else { SILENT };
+                if now < from {
+                    next = Some(next.map_or(from, |n| n.min(from)));
+                    continue;
+                }
+            }
+            found.push(Victim {
+                conn: Arc::clone(conn),
+                kind: w.kind,
+                since: w.since,
+                state: w.state,
+            });
+        }
+        // Worst first, so that the best are popped from the end.
+        found.sort_unstable_by_key(|v| std::cmp::Reverse((v.kind != Wait::Idle, v.since)));
+        found.drain(..found.len().saturating_sub(BATCH));
+        self.victims = found;
+        next
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let admission = &self.admission;
+        let mut held = admission.held();
+        if held.open == admission.app.cfg.max_connections {
+            admission.app.cap.left(std::time::Instant::now());
+        }
+        held.open -= 1;
+        if let Some(conn) = held.conns[self.index].take() {
+            conn.retire(); // no longer a victim, even for a batch that still holds it
+        }
+        held.free.push(self.index);
+        // The permit is released after this, with the entry already gone.
+    }
+}
