@@ -10,8 +10,8 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::kit::{self, Api, Conn, HANG, Next};
-use crate::support::{self, TempDir};
+use crate::kit::{self, Conn, HANG, Next};
+use crate::support::{self, Api, TempDir};
 
 const CAP: usize = 32;
 
@@ -48,7 +48,7 @@ async fn loris(addr: SocketAddr, mut stop: watch::Receiver<()>) -> bool {
 async fn slow_and_idle_connections_make_room_for_new_clients() {
     let dir = TempDir::new();
     let log = dir.0.join("api.log");
-    let api = Api::start(kit::api_command(
+    let api = Api::start(support::api_command(
         &dir.0,
         &log,
         &[
@@ -59,7 +59,7 @@ async fn slow_and_idle_connections_make_room_for_new_clients() {
         ],
     ));
     let (addr, pid) = (api.addr, api.pid());
-    let base_sockets = kit::fds(pid).1;
+    let base_sockets = support::fds(pid).1;
 
     // The oldest connection: a POST whose body arrives slowly.
     let body = r#"{"type":"slow.body","data":{"pad":"................"}}"#;
@@ -97,9 +97,9 @@ async fn slow_and_idle_connections_make_room_for_new_clients() {
         Some(200),
         "a new client's GET /health at the cap"
     );
-    let posted = support::post_event(addr, r#"{"type":"at.cap"}"#).await;
+    let posted = kit::post_event(addr, r#"{"type":"at.cap"}"#).await;
     assert_eq!(posted.status, 201, "a new client's POST /events at the cap");
-    let held = kit::fds(pid).1 - base_sockets;
+    let held = support::fds(pid).1 - base_sockets;
     assert!(
         held <= CAP + 1,
         "{held} connections held with a cap of {CAP}"
@@ -117,7 +117,7 @@ async fn slow_and_idle_connections_make_room_for_new_clients() {
         other => panic!("the slow POST in progress got {}", other.token()),
     }
 
-    let info = support::get(addr, "/").await.json();
+    let info = kit::get(addr, "/").await.json();
     let counted = &info["connections"];
     assert_eq!(counted["max"], CAP, "{info}");
     assert_eq!(counted["evicted_idle"], 16, "{info}");
