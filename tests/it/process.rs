@@ -139,15 +139,20 @@ fn unwritable_log_exits_1_naming_path_and_uid() {
     );
 }
 
-/// The log directory is created when missing.
+/// The log directory is created when missing, and the startup record names the durability
+/// mode in force.
 #[test]
 fn missing_log_directory_is_created() {
     let dir = TempDir::new();
-    let mut p = spawn_api(&dir.0, &[("LOG_FILE", "deep/er/api.log")]);
+    let mut p = spawn_api(
+        &dir.0,
+        &[("LOG_FILE", "deep/er/api.log"), ("EVENT_SYNC", "data")],
+    );
     p.signal("TERM");
     assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
     let records = read_records(&dir.0.join("deep/er/api.log"));
-    assert!(records.iter().any(|r| r["msg"] == "listening"));
+    let listening = records.iter().find(|r| r["msg"] == "listening");
+    assert_eq!(listening.expect("a startup record")["event_sync"], "data");
 }
 
 /// SIGTERM lets an in-flight request finish (a body still arriving), refuses new
