@@ -19,7 +19,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpSocket};
 
 use crate::config::Config;
-use crate::routes::{self, App};
+use crate::routes::{self, Answer, App};
 use crate::shutdown::Shutdown;
 
 mod admission;
@@ -86,11 +86,16 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
         let io = Guarded::new(stream, Arc::clone(&activity), &drain, &admission, &app.cfg);
         let app = Arc::clone(&app);
         let service = service_fn(move |req: Request<Incoming>| {
+            activity.begin();
+            // Before the future: see `answer_now` for why.
+            let now = routes::answer_now(&app, req, peer);
             let app = Arc::clone(&app);
             let activity = Arc::clone(&activity);
-            activity.begin();
             async move {
-                let resp = routes::handle(&app, req, peer).await;
+                let resp = match now {
+                    Answer::Now(resp) => resp,
+                    Answer::Later(req) => routes::handle(&app, req, peer).await,
+                };
                 activity.finish();
                 Ok::<_, std::convert::Infallible>(resp)
             }
