@@ -301,7 +301,7 @@ mod tests {
         );
         assert_eq!(v["request_id"], "r-1:/+=@_.");
         assert_eq!(v["client"], "10.0.0.1");
-        // Data longer than the room `Rec` reserves, and no data.
+        // Data longer than the stack buffer `Rec` once had, and no data.
         let long = "d".repeat(2000);
         let (v, _) = record(Some(format!("\"{long}\"").as_bytes()));
         assert_eq!(v["data"], long.as_str());

@@ -45,20 +45,16 @@ impl Out for Vec<u8> {
     }
 }
 
-/// Room reserved for one record: an access record with ordinary path and user agent fits.
-pub(crate) const REC_BUF: usize = 512;
-
-/// Formats a record straight into the `Vec`, with room for [`REC_BUF`] bytes reserved first.
-/// At opt-level 3 a piece is an inlined capacity check and copy, and a constant field name a
-/// few moves; a stack buffer in front (which opt-level "s" needed) cost zeroing it and a copy
-/// of the whole record.
+/// Formats a record straight into the `Vec`, which its owner sizes for its records. At
+/// opt-level 3 a piece is an inlined capacity check and copy, and a constant field name a few
+/// moves; a stack buffer in front (which opt-level "s" needed) cost zeroing it and a copy of
+/// the whole record.
 pub(crate) struct Rec<'a> {
     out: &'a mut Vec<u8>,
 }
 
 impl<'a> Rec<'a> {
     pub(crate) fn new(out: &'a mut Vec<u8>) -> Rec<'a> {
-        out.reserve(REC_BUF);
         Rec { out }
     }
 
@@ -354,7 +350,7 @@ mod tests {
     }
 
     /// Access records come out whole and as given, from the longest numbers and address to
-    /// paths and user agents that outgrow the room [`Rec`] reserves.
+    /// paths and user agents longer than the stack buffer [`Rec`] once had.
 
     #[test]
     fn ipv4_text_matches_std() {

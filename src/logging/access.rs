@@ -134,7 +134,8 @@ impl Clock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::json::REC_BUF;
+    /// The stack buffer `Rec` once wrote through: longer records must come out whole too.
+    const REC_BUF: usize = 512;
 
     #[test]
     fn longest_access_record_is_whole() {
