@@ -94,9 +94,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
             async move {
                 let resp = match now {
                     Answer::Now(resp) => resp,
-                    // Boxed: its future is large, and inline it would make every request's
-                    // future as large, moved whole into place by hyper.
-                    Answer::Later(req) => Box::pin(routes::handle(&app, req, peer)).await,
+                    Answer::Later(req) => routes::handle(&app, req, peer).await,
                 };
                 activity.finish();
                 Ok::<_, std::convert::Infallible>(resp)
