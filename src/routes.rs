@@ -54,7 +54,8 @@ const ROUTES: &[(&str, &str, &str)] = &[
 
 /// How [`answer_now`] answered a request.
 pub enum Answer {
-    Now(Response<Body>),
+    /// The answer, and when it was ready.
+    Now(Response<Body>, Instant),
     /// `POST /events`, given back for [`handle`].
     Later(Request<Incoming>),
 }
@@ -75,13 +76,19 @@ pub fn answer_now(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Answer
     let result = check_head(&head, &env.fields, app.cfg.max_header_bytes)
         .and_then(|()| route_now(app, &head).expect("POST /events was given back"));
     let resp = result.unwrap_or_else(ApiError::into_response);
-    let request_id = env.record(app, start, &head, &resp);
-    Answer::Now(finish(app, &mut head, resp, request_id))
+    let end = Instant::now();
+    let request_id = env.record(app, start, end, &head, &resp);
+    Answer::Now(finish(app, &mut head, resp, request_id), end)
 }
 
 /// Answers one request, waiting where its route does: routes it, stamps the request id,
-/// writes the access record. [`answer_now`] answers all others without a future.
-pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+/// writes the access record. [`answer_now`] answers all others without a future. Also gives
+/// when the answer was ready.
+pub async fn handle(
+    app: &App,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> (Response<Body>, Instant) {
     let start = Instant::now();
     // The head stays here, for the access record; only the body goes to the handler.
     let (mut head, body) = req.into_parts();
@@ -92,8 +99,9 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp
         Ok(()) => route(app, &head, body, env.rid, env.client).await,
     };
     let resp = result.unwrap_or_else(ApiError::into_response);
-    let request_id = env.record(app, start, &head, &resp);
-    finish(app, &mut head, resp, request_id)
+    let end = Instant::now();
+    let request_id = env.record(app, start, end, &head, &resp);
+    (finish(app, &mut head, resp, request_id), end)
 }
 
 /// What the envelope knows of a request before it is routed.
@@ -139,10 +147,17 @@ impl<'a> Envelope<'a> {
         }
     }
 
-    /// Counts the request and writes its access record; gives back the id for the answer.
-    fn record(self, app: &App, start: Instant, head: &Parts, resp: &Response<Body>) -> HeaderValue {
+    /// Counts the request and writes its access record (`resp` was ready at `end`); gives
+    /// back the id for the answer.
+    fn record(
+        self,
+        app: &App,
+        start: Instant,
+        end: Instant,
+        head: &Parts,
+        resp: &Response<Body>,
+    ) -> HeaderValue {
         app.requests.fetch_add(1, Ordering::Relaxed);
-        let end = Instant::now();
 
         // A probe every few seconds from `--healthcheck` must not flood the file: debug level.
         let user_agent = self

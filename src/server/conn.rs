@@ -102,9 +102,10 @@ impl Activity {
         self.started.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Counts a request as finished now; the connection's idle time starts here.
-    pub(super) fn finish(&self) {
-        let end = Instant::now();
+    /// Counts a request as finished, its answer ready at `end` (the instant its access record
+    /// read); the connection's idle time starts there.
+    pub(super) fn finish(&self, end: std::time::Instant) {
+        let end = Instant::from_std(end);
         let ms = end.saturating_duration_since(self.opened).as_millis() as u64;
         self.last_end_ms.store(ms, Ordering::Release);
         self.finished.fetch_add(1, Ordering::AcqRel);

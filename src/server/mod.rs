@@ -92,11 +92,11 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
             let app = Arc::clone(&app);
             let activity = Arc::clone(&activity);
             async move {
-                let resp = match now {
-                    Answer::Now(resp) => resp,
+                let (resp, end) = match now {
+                    Answer::Now(resp, end) => (resp, end),
                     Answer::Later(req) => routes::handle(&app, req, peer).await,
                 };
-                activity.finish();
+                activity.finish(end);
                 Ok::<_, std::convert::Infallible>(resp)
             }
         });
