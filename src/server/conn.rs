@@ -15,13 +15,15 @@
 //! head) it says so in [`Activity`], with its task's waker, so that the admission
 //! (`super::admission`) can close it to make room at the cap; see there for why and when.
 
+use std::future::Future;
 use std::io;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -175,6 +177,34 @@ impl Drain {
     pub(super) fn start(&self) {
         self.started.store(true, Ordering::Release);
         self.notify.notify_waiters();
+    }
+
+    /// Serves `conn` to its end; once the drain starts, hyper finishes the request in progress
+    /// (its answer saying `Connection: close`) and closes. As hyper-util's
+    /// `GracefulShutdown::watch`, except that this polls the drain's notification only when
+    /// the task's waker is new (else `started` says as much): polled on every wake-up of the
+    /// connection, it takes the lock of a `Notify` that every connection shares.
+    pub(super) async fn watch<C: GracefulConnection>(&self, conn: C) -> C::Output {
+        let mut conn = pin!(conn);
+        // Created now, so it hears a `notify_waiters` even before it is polled.
+        let mut notified = pin!(self.notify.notified());
+        let mut waker: Option<Waker> = None;
+        let mut closing = false;
+        std::future::poll_fn(|cx| {
+            if !closing {
+                closing = if waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    self.started.load(Ordering::Acquire)
+                } else {
+                    waker = Some(cx.waker().clone());
+                    notified.as_mut().poll(cx).is_ready() || self.started.load(Ordering::Acquire)
+                };
+                if closing {
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            conn.as_mut().poll(cx)
+        })
+        .await
     }
 }
 

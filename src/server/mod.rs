@@ -15,8 +15,8 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::routes::{self, Answer, App};
@@ -50,8 +50,9 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
         let admission = Arc::clone(&admission);
         async move { admission.summarize().await }
     });
-    let graceful = GracefulShutdown::new();
     let drain = Arc::new(Drain::default());
+    // Every connection's task holds a sender; `recv` gives `None` once all have ended.
+    let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
     let closing = drain::listener_closes(&app, shutdown.clone());
     tokio::pin!(closing);
 
@@ -100,12 +101,15 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
                 Ok::<_, std::convert::Infallible>(resp)
             }
         });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(io), service));
+        let conn = http.serve_connection(TokioIo::new(io), service);
+        let drain = Arc::clone(&drain);
+        let open = open_tx.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            if let Err(e) = drain.watch(conn).await {
                 log::debug!(peer:% = peer, error:% = e; "connection ended with an error");
             }
             drop(ticket);
+            drop(open);
         });
     }
     drop(listener);
@@ -113,6 +117,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
     // Connections without a request in progress (silent, idle, or mid-head) close now; hyper's
     // graceful shutdown alone would wait for a head that may never come.
     drain.start();
+    drop(open_tx);
 
     let grace = app.cfg.grace;
     let open = admission.open();
@@ -124,7 +129,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
             log::warn!("second shutdown request; closing the remaining connections");
             Err(io::Error::other("shutdown forced by a second signal"))
         }
-        () = graceful.shutdown() => {
+        _ = open_rx.recv() => {
             log::info!("drained; shutting down");
             Ok(())
         }
