@@ -216,7 +216,9 @@ fn head_timed_out() -> io::Error {
 struct HeadClock {
     /// It is the head after this many started requests.
     after: u32,
-    began: Instant,
+    /// A new connection's opening; else unset until a read finds the rest of the head missing,
+    /// in the same poll as its first bytes: most heads arrive whole, and need no clock.
+    began: Option<Instant>,
     /// Whether `head_deadline` is set for it. Only a head that does not arrive whole in one
     /// read needs the timer; most do, and skip the timer wheel entirely.
     registered: bool,
@@ -284,7 +286,7 @@ impl Guarded {
             head_deadline: Box::pin(tokio::time::sleep(cfg.header_timeout)),
             head: Some(HeadClock {
                 after: 0,
-                began: opened,
+                began: Some(opened),
                 registered: false,
                 received: false,
             }),
@@ -319,7 +321,11 @@ impl Guarded {
         if self.head.as_ref().is_some_and(|h| h.after != started) {
             self.head = None; // the timed head arrived
         }
-        let head = self.head.as_ref().filter(|h| h.received).map(|h| h.began);
+        let head = self
+            .head
+            .as_mut()
+            .filter(|h| h.received)
+            .map(|h| *h.began.get_or_insert_with(Instant::now));
         let kind = if head.is_some() {
             Wait::Head
         } else {
@@ -447,9 +453,10 @@ impl AsyncRead for Guarded {
             if let Some(h) = this.head.as_mut().filter(|h| !h.registered) {
                 // Waiting for the rest of a head: now the clock must be able to wake us.
                 h.registered = true;
+                let began = *h.began.get_or_insert_with(Instant::now);
                 this.head_deadline
                     .as_mut()
-                    .reset(h.began + this.header_timeout);
+                    .reset(began + this.header_timeout);
                 if this.head_deadline.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Err(head_timed_out()));
                 }
@@ -466,7 +473,7 @@ impl AsyncRead for Guarded {
                 None => {
                     this.head = Some(HeadClock {
                         after: started,
-                        began: Instant::now(),
+                        began: None,
                         registered: false,
                         received: true,
                     })
