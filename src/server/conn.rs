@@ -252,6 +252,8 @@ pub(super) struct Guarded {
     head: Option<HeadClock>,
     idle_timeout: Duration,
     idle_deadline: Pin<Box<Sleep>>,
+    /// The waker `idle_deadline` was last polled with.
+    idle_waker: Option<Waker>,
     write_timeout: Duration,
     write_deadline: Pin<Box<Sleep>>,
     write_armed: bool,
@@ -292,6 +294,7 @@ impl Guarded {
             }),
             idle_timeout: cfg.idle_timeout,
             idle_deadline: Box::pin(tokio::time::sleep_until(opened + cfg.idle_timeout)),
+            idle_waker: None,
             write_timeout: cfg.write_timeout,
             write_deadline: Box::pin(tokio::time::sleep(cfg.write_timeout)),
             write_armed: false,
@@ -368,6 +371,18 @@ impl Guarded {
     /// wake this task when it could have been; a request or head in progress (`active`)
     /// pushes that a whole `idle_timeout` on.
     fn idle_expired(&mut self, cx: &mut Context<'_>, active: bool) -> bool {
+        let same_waker = self
+            .idle_waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()));
+        if active && same_waker && !self.idle_deadline.is_elapsed() {
+            // It could only be pushed on, and it wakes this waker when it fires: no need to poll
+            // it on every request (hyper reads ahead, finding nothing, while one is in progress).
+            return false;
+        }
+        if !same_waker {
+            self.idle_waker = Some(cx.waker().clone());
+        }
         while self.idle_deadline.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
             let due = if active {
