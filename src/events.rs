@@ -101,9 +101,9 @@ struct Record<'a> {
 }
 
 /// Writes the event's record, one line, through [`Rec`], as the access record is: a `Line`
-/// costs more per event than the rest of the record's work. The ids are hex or checked (a [`RequestId`] is the proof) and the
-/// type was checked to be `[A-Za-z0-9._:-]`, so none needs escaping; `data` is JSON text
-/// checked and minified by [`rawjson`].
+/// costs more per event than the rest of the record's work. The ids are hex or checked (a
+/// [`RequestId`] is the proof) and the type was checked to be `[A-Za-z0-9._:-]`, so none needs
+/// escaping; `data` is JSON text checked and minified by [`rawjson`].
 fn write_record(out: &mut Vec<u8>, r: &Record<'_>) {
     let mut rec = Rec::new(out);
     rec.put(b"{\"ts\":\"");

@@ -15,7 +15,6 @@
 //! head) it says so in [`Activity`], with its task's waker, so that the admission
 //! (`super::admission`) can close it to make room at the cap; see there for why and when.
 
-use std::future::Future;
 use std::io;
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -180,7 +179,7 @@ impl Drain {
     }
 
     /// Serves `conn` to its end; once the drain starts, hyper finishes the request in progress
-    /// (its answer saying `Connection: close`) and closes. As hyper-util's
+    /// and closes the connection. As hyper-util's
     /// `GracefulShutdown::watch`, except that this polls the drain's notification only when
     /// the task's waker is new (else `started` says as much): polled on every wake-up of the
     /// connection, it takes the lock of a `Notify` that every connection shares.
