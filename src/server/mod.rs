@@ -44,7 +44,12 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
         // Heads up to the configured limit reach our JSON 431; beyond this hyper answers alone.
         // (So does a head of over 100 fields: raising hyper's field limit moves its parse
         // buffer to the heap, a cost paid by every request.)
-        .max_buf_size(app.cfg.max_header_bytes + 8192);
+        .max_buf_size(app.cfg.max_header_bytes + 8192)
+        // Without it hyper reads while every request is in progress, to notice a client that
+        // closes early; that read finds nothing, and, with the request still holding hyper's
+        // read buffer, allocates a new one. A request whose client left is answered anyway
+        // (into a closed socket), and the connection closes at the next read.
+        .half_close(true);
     let admission = Arc::new(Admission::new(Arc::clone(&app)));
     let summary = tokio::spawn({
         let admission = Arc::clone(&admission);
