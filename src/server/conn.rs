@@ -259,6 +259,10 @@ pub(super) struct Guarded {
     drain: Arc<Drain>,
     /// Created with the connection, so it hears a `notify_waiters` even before it is polled.
     drain_notified: Pin<Box<OwnedNotified>>,
+    /// The waker `drain_notified` was last polled with. Polling it again with the same one
+    /// only takes the lock of the `Notify` every connection shares, to find what
+    /// `Drain::started`, read on every read, already says.
+    drain_waker: Option<Waker>,
     admission: Arc<Admission>,
     /// Whether `activity` says the connection waits for its client (it may be evicted), and
     /// the state it was told.
@@ -299,6 +303,7 @@ impl Guarded {
             write_armed: false,
             drain: Arc::clone(drain),
             drain_notified: Box::pin(Arc::clone(&drain.notify).notified_owned()),
+            drain_waker: None,
             admission: Arc::clone(admission),
             parked: false,
             published: 0,
@@ -363,6 +368,20 @@ impl Guarded {
                 .swap(Wait::Busy as u64, Ordering::AcqRel);
             self.evicted |= wait_kind(was) == Wait::Evicted;
         }
+    }
+
+    /// Called when a read found nothing and no request is in progress: about to wait for a
+    /// request, so the drain's wake-up must reach this task. Whether the drain has begun.
+    fn drain_notified(&mut self, cx: &mut Context<'_>) -> bool {
+        if self
+            .drain_waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return false; // registered with this waker: a drain since would have woken it
+        }
+        self.drain_waker = Some(cx.waker().clone());
+        self.drain_notified.as_mut().poll(cx).is_ready()
     }
 
     /// Called when a read found nothing: whether the connection has been idle (no request in
@@ -457,8 +476,7 @@ impl AsyncRead for Guarded {
         let before = buf.filled().len();
         let read = Pin::new(&mut this.io).poll_read(cx, buf);
         if read.is_pending() {
-            if !busy && this.drain_notified.as_mut().poll(cx).is_ready() {
-                // About to wait for a request: the drain's wake-up must reach this task.
+            if !busy && this.drain_notified(cx) {
                 return Poll::Ready(Ok(()));
             }
             if this.idle_expired(cx, busy || this.head.is_some()) {
