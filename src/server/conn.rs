@@ -393,9 +393,9 @@ impl Guarded {
             .idle_waker
             .as_ref()
             .is_some_and(|w| w.will_wake(cx.waker()));
-        if active && same_waker && !self.idle_deadline.is_elapsed() {
-            // It could only be pushed on, and it wakes this waker when it fires: no need to poll
-            // it on every request (hyper reads ahead, finding nothing, while one is in progress).
+        if same_waker && !self.idle_deadline.is_elapsed() {
+            // Registered with this waker, it wakes the task when it fires; polled before that,
+            // on the read that finds nothing after every answer, it only says it has not.
             return false;
         }
         if !same_waker {
