@@ -34,7 +34,7 @@ const OCTETS: [([u8; 4], usize); 256] = {
     table
 };
 
-/// Where the escapers write: a `Vec`, or a [`Rec`] in front of one.
+/// Where the escapers write: a `Vec`, or a [`Rec`] over one.
 pub(crate) trait Out {
     fn put(&mut self, bytes: &[u8]);
 }
@@ -45,58 +45,28 @@ impl Out for Vec<u8> {
     }
 }
 
-/// Stack room for one record: an access record with ordinary path and user agent fits.
-pub(crate) const REC_BUF: usize = 512;
-
-/// Formats a record through a stack buffer and appends it to the `Vec` in one copy at the
-/// end (in more, if it outgrows the buffer). Writing here is a bounds check and a copy;
-/// pushing to a `Vec` is a call with a capacity check each time (at opt-level "s" those are
-/// not inlined), which made up most of the access record's cost.
+/// Formats a record straight into the `Vec`, which its owner sizes for its records. At
+/// opt-level 3 a piece is an inlined capacity check and copy, and a constant field name a few
+/// moves; a stack buffer in front (which opt-level "s" needed) cost zeroing it and a copy of
+/// the whole record.
 pub(crate) struct Rec<'a> {
     out: &'a mut Vec<u8>,
-    buf: [u8; REC_BUF],
-    len: usize,
 }
 
 impl<'a> Rec<'a> {
     pub(crate) fn new(out: &'a mut Vec<u8>) -> Rec<'a> {
-        Rec {
-            out,
-            buf: [0; REC_BUF],
-            len: 0,
-        }
-    }
-
-    /// Moves what is buffered to the `Vec`.
-    fn spill(&mut self) {
-        self.out.extend_from_slice(&self.buf[..self.len]);
-        self.len = 0;
-    }
-
-    /// Makes room for `bytes`, or appends them directly if they could never fit.
-    #[cold]
-    fn spill_for(&mut self, bytes: &[u8]) {
-        self.spill();
-        if bytes.len() > REC_BUF {
-            self.out.extend_from_slice(bytes);
-        }
-    }
-
-    pub(crate) fn finish(mut self) {
-        self.spill();
+        Rec { out }
     }
 
     /// The last `width` (at most 20) decimal digits of `n`, zero-padded.
     pub(crate) fn digits(&mut self, mut n: u64, width: usize) {
-        if REC_BUF - self.len < 20 {
-            self.spill();
-        }
-        let end = self.len + width;
-        for d in self.buf[self.len..end].iter_mut().rev() {
+        let mut text = [0; 20];
+        let digits = &mut text[20 - width..];
+        for d in digits.iter_mut().rev() {
             *d = b'0' + (n % 10) as u8;
             n /= 10;
         }
-        self.len = end;
+        self.put(digits);
     }
 
     pub(crate) fn u64(&mut self, n: u64) {
@@ -135,18 +105,10 @@ impl<'a> Rec<'a> {
 
 impl Out for Rec<'_> {
     // Always inlined: most calls copy a constant field name, which then compiles to a few
-    // moves instead of a call to memcpy (opt-level "s" would not inline this by itself).
+    // moves instead of a call to memcpy.
     #[inline(always)]
     fn put(&mut self, bytes: &[u8]) {
-        if bytes.len() > REC_BUF - self.len {
-            self.spill_for(bytes);
-            if bytes.len() > REC_BUF {
-                return;
-            }
-        }
-        let end = self.len + bytes.len();
-        self.buf[self.len..end].copy_from_slice(bytes);
-        self.len = end;
+        self.out.extend_from_slice(bytes);
     }
 }
 
@@ -199,7 +161,6 @@ impl<'a> Line<'a> {
         self.key(key);
         let mut rec = Rec::new(self.buf);
         rec.u64(value);
-        rec.finish();
         self
     }
 
@@ -303,7 +264,6 @@ fn push_ip(buf: &mut Vec<u8>, ip: IpAddr) {
     rec.put(b"\"");
     rec.ip(ip);
     rec.put(b"\"");
-    rec.finish();
 }
 
 fn level_name(level: Level) -> &'static str {
@@ -392,7 +352,7 @@ mod tests {
     }
 
     /// Access records come out whole and as given, from the longest numbers and address to
-    /// paths and user agents that outgrow [`Rec`]'s stack buffer.
+    /// paths and user agents longer than the stack buffer [`Rec`] once had.
 
     #[test]
     fn ipv4_text_matches_std() {

@@ -2,10 +2,12 @@
 //! the per-request envelope around every handler — request id, head checks, client address,
 //! the access record and the request counter. `POST /events` has a module of its own.
 
+use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use bytes::BytesMut;
 use hyper::body::Incoming;
 use hyper::header::{
     CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HOST, HeaderName, HeaderValue, USER_AGENT,
@@ -50,64 +52,174 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// Answers one request: routes it, stamps the request id, writes the access record.
-pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+/// How [`answer_now`] answered a request.
+pub enum Answer {
+    /// The answer, and when it was ready.
+    Now(Response<Body>, Instant),
+    /// `POST /events`, given back for [`handle`].
+    Later(Request<Incoming>),
+}
+
+/// Answers a request on the spot, as hyper hands it over, unless it is `POST /events` (the
+/// one route that waits, for its body and the disk), which it gives back for [`handle`].
+/// hyper reads on for the next request before it first polls the answer's future, and a
+/// request still alive then holds the read buffer its head was parsed from, so that read
+/// would allocate a new one: answered here, the request is gone by then.
+pub fn answer_now(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Answer {
+    if req.method() == Method::POST && req.uri().path() == "/events" {
+        return Answer::Later(req);
+    }
+    let start = Instant::now();
+    let (mut head, _body) = req.into_parts();
+    let mut generated = None;
+    let env = Envelope::open(app, &head, peer, &mut generated);
+    let result = check_head(&head, &env.fields, app.cfg.max_header_bytes)
+        .and_then(|()| route_now(app, &head).expect("POST /events was given back"));
+    let resp = result.unwrap_or_else(ApiError::into_response);
+    let end = Instant::now();
+    let request_id = env.record(app, start, end, &head, &resp);
+    Answer::Now(finish(app, &mut head, resp, request_id), end)
+}
+
+/// Answers one request, waiting where its route does: routes it, stamps the request id,
+/// writes the access record. [`answer_now`] answers all others without a future. Also gives
+/// when the answer was ready.
+pub async fn handle(
+    app: &App,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> (Response<Body>, Instant) {
     let start = Instant::now();
     // The head stays here, for the access record; only the body goes to the handler.
     let (mut head, body) = req.into_parts();
-    let fields = Fields::of(&head.headers);
-    // The client's id if it passes the check, else a new one: as a header value for the
-    // answer, and as a RequestId (the proof it needs no escaping) for the record.
-    let generated: Id;
-    let given = fields
-        .request_id
-        .and_then(|v| Some((RequestId::given(v.as_bytes())?, v)));
-    let (rid, request_id) = match given {
-        Some((rid, v)) => (rid, v.clone()),
-        None => {
-            generated = app.ids.next();
-            let v = HeaderValue::from_bytes(generated.as_bytes()).expect("generated ids are hex");
-            (RequestId::from(&generated), v)
-        }
-    };
-    // An IPv4 client of the dual-stack listener arrives as ::ffff:a.b.c.d; it is logged,
-    // matched and recognised as the IPv4 address it is.
-    let peer_ip = peer.ip().to_canonical();
-    let client = client_ip(&app.cfg, peer_ip, &head.headers);
-
-    let result = match check_head(&head, &fields, app.cfg.max_header_bytes) {
+    let mut generated = None;
+    let env = Envelope::open(app, &head, peer, &mut generated);
+    let result = match check_head(&head, &env.fields, app.cfg.max_header_bytes) {
         Err(e) => Err(e),
-        Ok(()) => route(app, &head, body, rid, client).await,
+        Ok(()) => route(app, &head, body, env.rid, env.client).await,
     };
-    let mut resp = result.unwrap_or_else(ApiError::into_response);
-    app.requests.fetch_add(1, Ordering::Relaxed);
+    let resp = result.unwrap_or_else(ApiError::into_response);
     let end = Instant::now();
+    let request_id = env.record(app, start, end, &head, &resp);
+    (finish(app, &mut head, resp, request_id), end)
+}
 
-    // A probe every few seconds from `--healthcheck` must not flood the file: debug level.
-    let user_agent = fields.user_agent.map_or(&b""[..], HeaderValue::as_bytes);
-    let probe = peer_ip.is_loopback() && user_agent.starts_with(health::PROBE_AGENT);
-    let level = if probe { Level::Debug } else { Level::Info };
-    if app.sink.enabled(level) {
-        let bytes = if head.method == Method::HEAD {
-            0
-        } else {
-            body_len(&resp)
+/// What the envelope knows of a request before it is routed.
+struct Envelope<'a> {
+    fields: Fields<'a>,
+    /// The client's id if it passes the check, else a new one: as a RequestId (the proof it
+    /// needs no escaping) for the record, and as a header value for the answer.
+    rid: RequestId<'a>,
+    request_id: HeaderValue,
+    peer_ip: IpAddr,
+    client: IpAddr,
+}
+
+impl<'a> Envelope<'a> {
+    /// `generated` holds the request's id if it is a new one.
+    fn open(
+        app: &App,
+        head: &'a Parts,
+        peer: SocketAddr,
+        generated: &'a mut Option<Id>,
+    ) -> Envelope<'a> {
+        let fields = Fields::of(&head.headers);
+        let given = fields
+            .request_id
+            .and_then(|v| Some((RequestId::given(v.as_bytes())?, v)));
+        let (rid, request_id) = match given {
+            Some((rid, v)) => (rid, v.clone()),
+            None => {
+                let id = generated.insert(app.ids.next());
+                (RequestId::from(&*id), id_header(id))
+            }
         };
-        app.sink.access(
-            level,
-            &Access {
-                method: head.method.as_str(),
-                path: head.uri.path(),
-                status: resp.status().as_u16(),
-                bytes,
-                at: end,
-                duration_us: end.duration_since(start).as_micros() as u64,
-                request_id: rid,
-                client,
-                user_agent,
-            },
-        );
+        // An IPv4 client of the dual-stack listener arrives as ::ffff:a.b.c.d; it is logged,
+        // matched and recognised as the IPv4 address it is.
+        let peer_ip = peer.ip().to_canonical();
+        let client = client_ip(&app.cfg, peer_ip, &head.headers);
+        Envelope {
+            fields,
+            rid,
+            request_id,
+            peer_ip,
+            client,
+        }
     }
+
+    /// Counts the request and writes its access record (`resp` was ready at `end`); gives
+    /// back the id for the answer.
+    fn record(
+        self,
+        app: &App,
+        start: Instant,
+        end: Instant,
+        head: &Parts,
+        resp: &Response<Body>,
+    ) -> HeaderValue {
+        app.requests.fetch_add(1, Ordering::Relaxed);
+
+        // A probe every few seconds from `--healthcheck` must not flood the file: debug level.
+        let user_agent = self
+            .fields
+            .user_agent
+            .map_or(&b""[..], HeaderValue::as_bytes);
+        let probe = self.peer_ip.is_loopback() && user_agent.starts_with(health::PROBE_AGENT);
+        let level = if probe { Level::Debug } else { Level::Info };
+        if app.sink.enabled(level) {
+            let bytes = if head.method == Method::HEAD {
+                0
+            } else {
+                body_len(resp)
+            };
+            app.sink.access(
+                level,
+                &Access {
+                    method: head.method.as_str(),
+                    path: head.uri.path(),
+                    status: resp.status().as_u16(),
+                    bytes,
+                    at: end,
+                    duration_us: end.duration_since(start).as_micros() as u64,
+                    request_id: self.rid,
+                    client: self.client,
+                    user_agent,
+                },
+            );
+        }
+        self.request_id
+    }
+}
+
+thread_local! {
+    /// Room for the generated ids of this thread's answers, [`ID_ROOM_BYTES`] at a time.
+    static ID_ROOM: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// Room for 128 ids: the allocation a header value of its own would take, once per 128
+/// requests.
+const ID_ROOM_BYTES: usize = 128 * 32;
+
+/// A generated id as a header value, cut from this thread's room for ids.
+fn id_header(id: &Id) -> HeaderValue {
+    ID_ROOM.with_borrow_mut(|room| {
+        if room.capacity() < id.as_bytes().len() {
+            // The full room is freed once the last answer cut from it has been sent.
+            *room = BytesMut::with_capacity(ID_ROOM_BYTES);
+        }
+        room.extend_from_slice(id.as_bytes());
+        HeaderValue::from_maybe_shared(room.split().freeze()).expect("generated ids are hex")
+    })
+}
+
+/// The answer as sent: its headers (see [`answer_headers`]), and `Connection: close` while
+/// draining.
+fn finish(
+    app: &App,
+    head: &mut Parts,
+    mut resp: Response<Body>,
+    request_id: HeaderValue,
+) -> Response<Body> {
     let headers = answer_headers(
         std::mem::take(&mut head.headers),
         resp.headers_mut(),
@@ -159,14 +271,22 @@ async fn route(
     request_id: RequestId<'_>,
     client: IpAddr,
 ) -> Result<Response<Body>, ApiError> {
-    match (&head.method, head.uri.path()) {
+    match route_now(app, head) {
+        Some(result) => result,
+        None => events::create(app, head, body, request_id, client).await,
+    }
+}
+
+/// The routes that answer without waiting: all but `POST /events` (`None`).
+fn route_now(app: &App, head: &Parts) -> Option<Result<Response<Body>, ApiError>> {
+    Some(match (&head.method, head.uri.path()) {
         (&Method::GET | &Method::HEAD, "/") => Ok(info(app)),
         (&Method::GET | &Method::HEAD, "/health") => Ok(health::respond(app)),
-        (&Method::POST, "/events") => events::create(app, head, body, request_id, client).await,
+        (&Method::POST, "/events") => return None,
         (_, "/" | "/health") => Err(ApiError::MethodNotAllowed("GET, HEAD")),
         (_, "/events") => Err(ApiError::MethodNotAllowed("POST")),
         _ => Err(ApiError::NotFound),
-    }
+    })
 }
 
 /// `GET /`: who this is and how it is doing.

@@ -1,6 +1,6 @@
 //! The access record: one JSON line per request, formatted on the request's own task into
-//! the sink's buffer. It runs for every request, so it is written through a stack buffer
-//! (`Rec`) with constant field names, reuses the formatted date and time within a second,
+//! the sink's buffer. It runs for every request, so it is written through `Rec` with
+//! constant field names, reuses the formatted date and time within a second,
 //! takes the wall-clock time from the request's own monotonic reading (`Clock`), and
 //! escapes only what needs it: the request id is proven safe by its type, and the method,
 //! path and user agent are copied whole unless they hold a byte JSON must escape.
@@ -68,7 +68,6 @@ pub(super) fn access_record(
     rec.put(b"\",\"user_agent\":");
     json_bytes(&mut rec, a.user_agent);
     rec.put(b"}\n");
-    rec.finish();
 }
 
 /// Wall-clock time for access records, read from the system clock at most once a second:
@@ -135,7 +134,8 @@ impl Clock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::json::REC_BUF;
+    /// The stack buffer `Rec` once wrote through: longer records must come out whole too.
+    const REC_BUF: usize = 512;
 
     #[test]
     fn longest_access_record_is_whole() {

@@ -16,12 +16,13 @@
 //! (`super::admission`) can close it to make room at the cap; see there for why and when.
 
 use std::io;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -102,9 +103,10 @@ impl Activity {
         self.started.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Counts a request as finished now; the connection's idle time starts here.
-    pub(super) fn finish(&self) {
-        let end = Instant::now();
+    /// Counts a request as finished, its answer ready at `end` (the instant its access record
+    /// read); the connection's idle time starts there.
+    pub(super) fn finish(&self, end: std::time::Instant) {
+        let end = Instant::from_std(end);
         let ms = end.saturating_duration_since(self.opened).as_millis() as u64;
         self.last_end_ms.store(ms, Ordering::Release);
         self.finished.fetch_add(1, Ordering::AcqRel);
@@ -175,6 +177,34 @@ impl Drain {
         self.started.store(true, Ordering::Release);
         self.notify.notify_waiters();
     }
+
+    /// Serves `conn` to its end; once the drain starts, hyper finishes the request in progress
+    /// and closes the connection. As hyper-util's
+    /// `GracefulShutdown::watch`, except that this polls the drain's notification only when
+    /// the task's waker is new (else `started` says as much): polled on every wake-up of the
+    /// connection, it takes the lock of a `Notify` that every connection shares.
+    pub(super) async fn watch<C: GracefulConnection>(&self, conn: C) -> C::Output {
+        let mut conn = pin!(conn);
+        // Created now, so it hears a `notify_waiters` even before it is polled.
+        let mut notified = pin!(self.notify.notified());
+        let mut waker: Option<Waker> = None;
+        let mut closing = false;
+        std::future::poll_fn(|cx| {
+            if !closing {
+                closing = if waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    self.started.load(Ordering::Acquire)
+                } else {
+                    waker = Some(cx.waker().clone());
+                    notified.as_mut().poll(cx).is_ready() || self.started.load(Ordering::Acquire)
+                };
+                if closing {
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            conn.as_mut().poll(cx)
+        })
+        .await
+    }
 }
 
 fn head_timed_out() -> io::Error {
@@ -185,7 +215,9 @@ fn head_timed_out() -> io::Error {
 struct HeadClock {
     /// It is the head after this many started requests.
     after: u32,
-    began: Instant,
+    /// A new connection's opening; else unset until a read finds the rest of the head missing,
+    /// in the same poll as its first bytes: most heads arrive whole, and need no clock.
+    began: Option<Instant>,
     /// Whether `head_deadline` is set for it. Only a head that does not arrive whole in one
     /// read needs the timer; most do, and skip the timer wheel entirely.
     registered: bool,
@@ -219,12 +251,18 @@ pub(super) struct Guarded {
     head: Option<HeadClock>,
     idle_timeout: Duration,
     idle_deadline: Pin<Box<Sleep>>,
+    /// The waker `idle_deadline` was last polled with.
+    idle_waker: Option<Waker>,
     write_timeout: Duration,
     write_deadline: Pin<Box<Sleep>>,
     write_armed: bool,
     drain: Arc<Drain>,
     /// Created with the connection, so it hears a `notify_waiters` even before it is polled.
     drain_notified: Pin<Box<OwnedNotified>>,
+    /// The waker `drain_notified` was last polled with. Polling it again with the same one
+    /// only takes the lock of the `Notify` every connection shares, to find what
+    /// `Drain::started`, read on every read, already says.
+    drain_waker: Option<Waker>,
     admission: Arc<Admission>,
     /// Whether `activity` says the connection waits for its client (it may be evicted), and
     /// the state it was told.
@@ -253,17 +291,19 @@ impl Guarded {
             head_deadline: Box::pin(tokio::time::sleep(cfg.header_timeout)),
             head: Some(HeadClock {
                 after: 0,
-                began: opened,
+                began: Some(opened),
                 registered: false,
                 received: false,
             }),
             idle_timeout: cfg.idle_timeout,
             idle_deadline: Box::pin(tokio::time::sleep_until(opened + cfg.idle_timeout)),
+            idle_waker: None,
             write_timeout: cfg.write_timeout,
             write_deadline: Box::pin(tokio::time::sleep(cfg.write_timeout)),
             write_armed: false,
             drain: Arc::clone(drain),
             drain_notified: Box::pin(Arc::clone(&drain.notify).notified_owned()),
+            drain_waker: None,
             admission: Arc::clone(admission),
             parked: false,
             published: 0,
@@ -288,7 +328,11 @@ impl Guarded {
         if self.head.as_ref().is_some_and(|h| h.after != started) {
             self.head = None; // the timed head arrived
         }
-        let head = self.head.as_ref().filter(|h| h.received).map(|h| h.began);
+        let head = self
+            .head
+            .as_mut()
+            .filter(|h| h.received)
+            .map(|h| *h.began.get_or_insert_with(Instant::now));
         let kind = if head.is_some() {
             Wait::Head
         } else {
@@ -326,11 +370,37 @@ impl Guarded {
         }
     }
 
+    /// Called when a read found nothing and no request is in progress: about to wait for a
+    /// request, so the drain's wake-up must reach this task. Whether the drain has begun.
+    fn drain_notified(&mut self, cx: &mut Context<'_>) -> bool {
+        if self
+            .drain_waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return false; // registered with this waker: a drain since would have woken it
+        }
+        self.drain_waker = Some(cx.waker().clone());
+        self.drain_notified.as_mut().poll(cx).is_ready()
+    }
+
     /// Called when a read found nothing: whether the connection has been idle (no request in
     /// progress, no head begun) for `idle_timeout`. Otherwise the timer is left registered to
     /// wake this task when it could have been; a request or head in progress (`active`)
     /// pushes that a whole `idle_timeout` on.
     fn idle_expired(&mut self, cx: &mut Context<'_>, active: bool) -> bool {
+        let same_waker = self
+            .idle_waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()));
+        if same_waker && !self.idle_deadline.is_elapsed() {
+            // Registered with this waker, it wakes the task when it fires; polled before that,
+            // on the read that finds nothing after every answer, it only says it has not.
+            return false;
+        }
+        if !same_waker {
+            self.idle_waker = Some(cx.waker().clone());
+        }
         while self.idle_deadline.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
             let due = if active {
@@ -406,8 +476,7 @@ impl AsyncRead for Guarded {
         let before = buf.filled().len();
         let read = Pin::new(&mut this.io).poll_read(cx, buf);
         if read.is_pending() {
-            if !busy && this.drain_notified.as_mut().poll(cx).is_ready() {
-                // About to wait for a request: the drain's wake-up must reach this task.
+            if !busy && this.drain_notified(cx) {
                 return Poll::Ready(Ok(()));
             }
             if this.idle_expired(cx, busy || this.head.is_some()) {
@@ -416,9 +485,10 @@ impl AsyncRead for Guarded {
             if let Some(h) = this.head.as_mut().filter(|h| !h.registered) {
                 // Waiting for the rest of a head: now the clock must be able to wake us.
                 h.registered = true;
+                let began = *h.began.get_or_insert_with(Instant::now);
                 this.head_deadline
                     .as_mut()
-                    .reset(h.began + this.header_timeout);
+                    .reset(began + this.header_timeout);
                 if this.head_deadline.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Err(head_timed_out()));
                 }
@@ -435,7 +505,7 @@ impl AsyncRead for Guarded {
                 None => {
                     this.head = Some(HeadClock {
                         after: started,
-                        began: Instant::now(),
+                        began: None,
                         registered: false,
                         received: true,
                     })

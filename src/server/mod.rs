@@ -15,11 +15,11 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::routes::{self, App};
+use crate::routes::{self, Answer, App};
 use crate::shutdown::Shutdown;
 
 mod admission;
@@ -44,14 +44,20 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
         // Heads up to the configured limit reach our JSON 431; beyond this hyper answers alone.
         // (So does a head of over 100 fields: raising hyper's field limit moves its parse
         // buffer to the heap, a cost paid by every request.)
-        .max_buf_size(app.cfg.max_header_bytes + 8192);
+        .max_buf_size(app.cfg.max_header_bytes + 8192)
+        // Without it hyper reads while every request is in progress, to notice a client that
+        // closes early; that read finds nothing, and, with the request still holding hyper's
+        // read buffer, allocates a new one. A request whose client left is answered anyway
+        // (into a closed socket), and the connection closes at the next read.
+        .half_close(true);
     let admission = Arc::new(Admission::new(Arc::clone(&app)));
     let summary = tokio::spawn({
         let admission = Arc::clone(&admission);
         async move { admission.summarize().await }
     });
-    let graceful = GracefulShutdown::new();
     let drain = Arc::new(Drain::default());
+    // Every connection's task holds a sender; `recv` gives `None` once all have ended.
+    let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
     let closing = drain::listener_closes(&app, shutdown.clone());
     tokio::pin!(closing);
 
@@ -86,21 +92,29 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
         let io = Guarded::new(stream, Arc::clone(&activity), &drain, &admission, &app.cfg);
         let app = Arc::clone(&app);
         let service = service_fn(move |req: Request<Incoming>| {
+            activity.begin();
+            // Before the future: see `answer_now` for why.
+            let now = routes::answer_now(&app, req, peer);
             let app = Arc::clone(&app);
             let activity = Arc::clone(&activity);
-            activity.begin();
             async move {
-                let resp = routes::handle(&app, req, peer).await;
-                activity.finish();
+                let (resp, end) = match now {
+                    Answer::Now(resp, end) => (resp, end),
+                    Answer::Later(req) => routes::handle(&app, req, peer).await,
+                };
+                activity.finish(end);
                 Ok::<_, std::convert::Infallible>(resp)
             }
         });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(io), service));
+        let conn = http.serve_connection(TokioIo::new(io), service);
+        let drain = Arc::clone(&drain);
+        let open = open_tx.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            if let Err(e) = drain.watch(conn).await {
                 log::debug!(peer:% = peer, error:% = e; "connection ended with an error");
             }
             drop(ticket);
+            drop(open);
         });
     }
     drop(listener);
@@ -108,6 +122,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
     // Connections without a request in progress (silent, idle, or mid-head) close now; hyper's
     // graceful shutdown alone would wait for a head that may never come.
     drain.start();
+    drop(open_tx);
 
     let grace = app.cfg.grace;
     let open = admission.open();
@@ -119,7 +134,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
             log::warn!("second shutdown request; closing the remaining connections");
             Err(io::Error::other("shutdown forced by a second signal"))
         }
-        () = graceful.shutdown() => {
+        _ = open_rx.recv() => {
             log::info!("drained; shutting down");
             Ok(())
         }
