@@ -379,17 +379,23 @@ async fn kill_9_with_event_sync_data_loses_no_acknowledged_event() {
         "load reached the server: {} acks",
         acked.len()
     );
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
     let mut seen = std::collections::HashMap::new();
+    let mut torn = 0;
     for line in text.lines() {
-        let rec: Value =
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("torn line {line:?}: {e}"));
+        // A kill can cut a write short (see crash.rs): its last line torn, none of its
+        // events answered; the acknowledged ones are all checked below.
+        let Ok(rec) = serde_json::from_str::<Value>(line) else {
+            torn += 1;
+            continue;
+        };
         if rec["msg"] == "event" {
             *seen
                 .entry(rec["request_id"].as_str().unwrap().to_string())
                 .or_insert(0) += 1;
         }
     }
+    assert!(torn <= 3, "more torn lines ({torn}) than kills (3)");
     for rid in &acked {
         assert_eq!(
             seen.get(rid),
