@@ -56,13 +56,10 @@ UDIR=$WORK/user/api           # the normal user's clone
 mounted='' created_user='' images=()
 is_root() { [ "$(id -u)" = 0 ]; }
 
-figure() { echo "FIGURE $*"; figures+=("$*"); }
-figures=()
 
 summary() {
   echo
-  for f in "${figures[@]}"; do echo "  $f"; done
-  echo "$passed passed, $failed failed, $skipped skipped"
+  report_checks
 }
 
 cleanup() {
@@ -103,8 +100,6 @@ cid_of() { # container id of a service of project $1
   "$DOCKER" ps -aq --filter "label=com.docker.compose.project=$1" \
     --filter "label=com.docker.compose.service=$2" | head -n 1
 }
-now() { date +%s.%N; }
-secs() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$1" "$2"; }
 
 # http METHOD URL [JSON]: sets CODE and BODY (curl on the host, loopback only)
 http() {

@@ -57,15 +57,12 @@ cleanup() {
   [ -n "$built" ] && "$DOCKER" rmi --no-prune "$IMAGE" >/dev/null 2>&1
   rm -rf "$WORK"
   echo
-  for f in "${figures[@]}"; do echo "  $f"; done
-  echo "$passed passed, $failed failed, $skipped skipped"
+  report_checks
   [ "$failed" -gt 0 ] && exit 1
   exit "$rc"
 }
 on_exit cleanup
 
-now() { date +%s.%N; }
-secs() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$2"; }
 # compose with both files and the environment they read; replicas get free 127.0.0.1 ports
 dc() {
   (cd "$DIR" && BUILDER_IMAGE=$BUILDER_IMAGE API_IMAGE=$IMAGE API_PUBLISH=127.0.0.1: \

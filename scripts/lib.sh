@@ -20,6 +20,21 @@ die() { fail "$*"; exit 1; }
 # The script cannot run at all (wrong user, a missing tool): exit 2 with the reason.
 cannot_run() { echo "$(basename "$0" .sh): $*" >&2; exit 2; }
 
+# figure TEXT: a measured figure, printed now and again by report_checks.
+figures=()
+figure() { echo "FIGURE $*"; figures+=("$*"); }
+
+# The figures collected so far, then the closing count line.
+report_checks() {
+  local f
+  for f in "${figures[@]}"; do echo "  $f"; done
+  echo "$passed passed, $failed failed, $skipped skipped"
+}
+
+# now: a timestamp; secs START END: the seconds between two of them.
+now() { date +%s.%N; }
+secs() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$1" "$2"; }
+
 note() { echo "---- $*"; }                # a group of checks
 step() { printf '\n==> %s\n' "$*"; }      # a stage of a longer command
 

@@ -67,15 +67,12 @@ cleanup() {
   for i in "${images[@]}"; do "$DOCKER" rmi --no-prune "$i" >/dev/null 2>&1; done
   rm -rf "$WORK"
   echo
-  for f in "${figures[@]}"; do echo "  $f"; done
-  echo "$passed passed, $failed failed, $skipped skipped"
+  report_checks
   [ "$failed" -gt 0 ] && exit 1
   exit "$rc"
 }
 on_exit cleanup
 
-now() { date +%s.%N; }
-secs() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$2"; }
 svc() { "$DOCKER" service inspect -f "$1" "$SERVICE" 2>/dev/null; }
 # Running tasks of the api service as "task-id image", one per line.
 running_tasks() {

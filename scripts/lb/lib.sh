@@ -2,10 +2,6 @@
 #   . "$(dirname "${BASH_SOURCE[0]}")/lb/lib.sh"
 # shellcheck shell=bash
 
-# figure TEXT: a measured figure, printed now and again in the summary.
-figures=()
-figure() { echo "FIGURE $*"; figures+=("$*"); }
-
 # verify SUMMARY LOG_DIR TAG CLIENT LABEL: scripts/lb/verify.py's checks, counted as ours.
 verify() {
   local verdict rest
