@@ -1,6 +1,6 @@
 //! Response bodies. Every answer of this service is a small JSON document known in full
 //! before the head is written, so one body type serves all; its `Content-Type` is one of
-//! the headers `routes::handle` gives every answer.
+//! the headers `routes::answer_now` and `routes::answer_later` give every answer.
 
 use http_body_util::Full;
 use hyper::body::Bytes;

@@ -56,12 +56,12 @@ const ROUTES: &[(&str, &str, &str)] = &[
 pub enum Answer {
     /// The answer, and when it was ready.
     Now(Response<Body>, Instant),
-    /// `POST /events`, given back for [`handle`].
+    /// `POST /events`, given back for [`answer_later`].
     Later(Request<Incoming>),
 }
 
 /// Answers a request on the spot, as hyper hands it over, unless it is `POST /events` (the
-/// one route that waits, for its body and the disk), which it gives back for [`handle`].
+/// one route that waits, for its body and the disk), which it gives back for [`answer_later`].
 /// hyper reads on for the next request before it first polls the answer's future, and a
 /// request still alive then holds the read buffer its head was parsed from, so that read
 /// would allocate a new one: answered here, the request is gone by then.
@@ -81,10 +81,10 @@ pub fn answer_now(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Answer
     Answer::Now(finish(app, &mut head, resp, request_id), end)
 }
 
-/// Answers one request, waiting where its route does: routes it, stamps the request id,
-/// writes the access record. [`answer_now`] answers all others without a future. Also gives
-/// when the answer was ready.
-pub async fn handle(
+/// Answers a request [`answer_now`] gave back (`POST /events`), in the same envelope: stamps
+/// the request id, waits for the event to be taken, writes the access record. Also gives when
+/// the answer was ready.
+pub async fn answer_later(
     app: &App,
     req: Request<Incoming>,
     peer: SocketAddr,
@@ -96,7 +96,7 @@ pub async fn handle(
     let env = Envelope::open(app, &head, peer, &mut generated);
     let result = match check_head(&head, &env.fields, app.cfg.max_header_bytes) {
         Err(e) => Err(e),
-        Ok(()) => route(app, &head, body, env.rid, env.client).await,
+        Ok(()) => events::create(app, &head, body, env.rid, env.client).await,
     };
     let resp = result.unwrap_or_else(ApiError::into_response);
     let end = Instant::now();
@@ -263,21 +263,9 @@ fn body_len(resp: &Response<Body>) -> u64 {
         .unwrap_or(0)
 }
 
-/// The router. HEAD is served wherever GET is; hyper drops the body of HEAD answers.
-async fn route(
-    app: &App,
-    head: &Parts,
-    body: Incoming,
-    request_id: RequestId<'_>,
-    client: IpAddr,
-) -> Result<Response<Body>, ApiError> {
-    match route_now(app, head) {
-        Some(result) => result,
-        None => events::create(app, head, body, request_id, client).await,
-    }
-}
-
-/// The routes that answer without waiting: all but `POST /events` (`None`).
+/// The router, for the routes that answer without waiting: all but `POST /events` (`None`),
+/// which [`answer_later`] takes. HEAD is served wherever GET is; hyper drops the body of HEAD
+/// answers.
 fn route_now(app: &App, head: &Parts) -> Option<Result<Response<Body>, ApiError>> {
     Some(match (&head.method, head.uri.path()) {
         (&Method::GET | &Method::HEAD, "/") => Ok(info(app)),

@@ -6,7 +6,7 @@
 //!   straight into the sink's buffer ([`access`]) or handed over whole and waited for
 //!   ([`Sink::append_durable`]), which a logger's fire-and-forget interface cannot express.
 //!
-//! Files: [`sink`] owns the writer thread, the buffer and group commit; [`file`] opens,
+//! Files: [`sink`] owns the writer thread, the buffer and group commit; [`mod@file`] opens,
 //! writes and syncs the file and words its failures; [`access`] formats the access record;
 //! [`stderr`] writes to stderr. The JSON itself comes from [`crate::json`].
 

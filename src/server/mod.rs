@@ -100,7 +100,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
             async move {
                 let (resp, end) = match now {
                     Answer::Now(resp, end) => (resp, end),
-                    Answer::Later(req) => routes::handle(&app, req, peer).await,
+                    Answer::Later(req) => routes::answer_later(&app, req, peer).await,
                 };
                 activity.finish(end);
                 Ok::<_, std::convert::Infallible>(resp)
