@@ -82,8 +82,7 @@ impl CapCounters {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, AtCap> {
-        // Two plain fields that no panic leaves half updated.
-        self.at_cap.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock(&self.at_cap)
     }
 }
 

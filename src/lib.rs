@@ -44,3 +44,9 @@ pub mod server;
 pub mod shutdown;
 
 pub use server::run;
+
+/// Locks `m`, ignoring poisoning: every critical section in this crate leaves its data
+/// consistent, so a panic elsewhere while holding a lock is no reason to fail here too.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -34,6 +34,7 @@ use super::file::{open_append, open_error, public_reason, write_batch};
 use super::stderr;
 use crate::config::{self, EventSync};
 use crate::json::{Line, json_str};
+use crate::lock;
 
 /// Longest time a buffered record waits before the background thread writes it.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
@@ -275,11 +276,6 @@ impl Sink {
             let _ = handle.join();
         }
     }
-}
-
-/// Locks `m`, ignoring poisoning: every critical section here leaves the data consistent.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The background thread: writes buffered records at most [`FLUSH_INTERVAL`] after they

@@ -255,8 +255,7 @@ impl Admission {
     }
 
     fn held(&self) -> MutexGuard<'_, Held> {
-        // The lock guards plain bookkeeping that no panic leaves half done.
-        self.held.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock(&self.held)
     }
 }
 

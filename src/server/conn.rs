@@ -157,7 +157,7 @@ impl Activity {
         {
             return false;
         }
-        if let Some(w) = &*self.waker.lock().unwrap_or_else(|e| e.into_inner()) {
+        if let Some(w) = &*crate::lock(&self.waker) {
             w.wake_by_ref();
         }
         true
@@ -318,11 +318,7 @@ impl Guarded {
     fn park(&mut self, cx: &Context<'_>, started: u32) {
         if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             let w = cx.waker().clone();
-            *self
-                .activity
-                .waker
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(w.clone());
+            *crate::lock(&self.activity.waker) = Some(w.clone());
             self.waker = Some(w);
         }
         if self.head.as_ref().is_some_and(|h| h.after != started) {
