@@ -40,7 +40,7 @@ if command -v docker-compose >/dev/null; then
     fail "docker-compose -f compose.yaml -f compose.nginx.yaml config"
   fi
 else
-  echo "SKIP docker-compose not installed"
+  skip "docker-compose not installed: compose files not checked by it"
 fi
 # The balancer's configuration, with the nginx of this machine if it has one (CI's nginx
 # stand-in image is built from it).
@@ -48,6 +48,7 @@ if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then
   check "deploy/nginx.conf passes nginx -t" \
     "$(command -v nginx || echo /usr/sbin/nginx)" -t -q -c "$PWD/deploy/nginx.conf" -g 'daemon off;'
 else
-  echo "SKIP nginx not installed: deploy/nginx.conf not checked"
+  skip "nginx not installed: deploy/nginx.conf not checked"
 fi
+report_checks
 [ "$failed" -eq 0 ]

@@ -202,7 +202,7 @@ need(any(p.get("containerPort") == 8000 and p.get("name") == "http" for p in por
      "containerPort 8000 named http")
 mem_limit = quantity(get(api, "resources", "limits", "memory", default=""))
 need(mem_limit is not None and 16 * 2**20 <= mem_limit <= 128 * 2**20, dw,
-     "memory limit between the 15 MiB peak RSS and compose's 128 MiB")
+     "memory limit of 16 MiB to 128 MiB (compose's limit)")
 mounts = {m.get("mountPath"): m.get("name") for m in api.get("volumeMounts") or []}
 claims = {v.get("name"): get(v, "persistentVolumeClaim", "claimName") for v in pod.get("volumes") or []}
 need(claims.get(mounts.get("/app/logs")), dw, "/app/logs mounted from a PersistentVolumeClaim")

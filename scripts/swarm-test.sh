@@ -255,13 +255,32 @@ CLIENT=127.0.0.1
 spec=$(svc '{{json .Spec}}')
 has() { python3 -c "import json,sys; s=json.loads(sys.argv[1]); sys.exit(0 if ($1) else 1)" "$spec"; }
 check "endpoint mode dnsrr (no virtual IP, which needs IPVS)" has "s['EndpointSpec']['Mode'] == 'dnsrr'"
+MONITOR=$(svc '{{.Spec.UpdateConfig.Monitor}}')
+ROLLBACK_MONITOR=$(svc '{{.Spec.RollbackConfig.Monitor}}')
 check "update: start-first, rollback on failure, with a monitor window" \
   has "(lambda u: u['Order'] == 'start-first' and u['FailureAction'] == 'rollback' and u['Monitor'] > 0)(s['UpdateConfig'])"
 check "read-only root, all capabilities dropped" \
   has "s['TaskTemplate']['ContainerSpec'].get('ReadOnly') is True and s['TaskTemplate']['ContainerSpec'].get('CapabilityDrop') == ['ALL']"
 check "CPU, memory and pids limits" \
   has "all(s['TaskTemplate']['Resources']['Limits'].get(k) for k in ('NanoCPUs', 'MemoryBytes', 'Pids'))"
-check "stop_grace_period (20s) longer than DRAIN_DELAY + GRACE" has "s['TaskTemplate']['ContainerSpec']['StopGracePeriod'] >= 20e9"
+# stop_grace_period against the deployed DRAIN_DELAY + GRACE (the service's defaults: 0, 5s).
+grace_covers_drain() {
+  python3 - "$spec" <<'PY'
+import json, sys
+c = json.loads(sys.argv[1])["TaskTemplate"]["ContainerSpec"]
+env = dict(e.split("=", 1) for e in c.get("Env") or [])
+def secs(v):
+    v = v.strip()
+    if v.endswith("ms"):
+        return float(v[:-2]) / 1000
+    if v.endswith("m"):
+        return float(v[:-1]) * 60
+    return float(v.rstrip("s"))
+need = secs(env.get("DRAIN_DELAY", "0")) + secs(env.get("GRACE", "5s"))
+sys.exit(0 if c.get("StopGracePeriod", 0) / 1e9 > need else 1)
+PY
+}
+check "stop_grace_period longer than DRAIN_DELAY + GRACE" grace_covers_drain
 hosts=$(for ((i = 0; i < 30; i++)); do in_nginx curl -s -m 2 "http://127.0.0.1:$LB_PORT/"; echo; done |
   python3 -c 'import json,sys; print(len({json.loads(l)["hostname"] for l in sys.stdin if l.strip()}))' 2>/dev/null)
 check "nginx spreads requests over the 3 replicas (30 GET / saw ${hosts:-0} hostnames)" [ "${hosts:-0}" = 3 ]
@@ -283,7 +302,7 @@ check "all 3 replicas replaced (in ${T_REPLACED:-never}s)" [ -n "$T_REPLACED" ]
 # An old task that exited 0 drained within stop_grace_period; SIGKILL would give 137.
 codes=$(for t in $BEFORE; do "$DOCKER" inspect -f '{{.Status.ContainerStatus.ExitCode}}' "$t"; done | sort | uniq -c | awk '{print $1 "x" $2}' | xargs)
 check "the replaced tasks exited 0 after their drain (exit codes: $codes)" [ "$codes" = 3x0 ]
-figure "rolling update: 3 replicas replaced in ${T_REPLACED:-?}s, state 'completed' after ${t_update}s (incl. the 20s monitor window)"
+figure "rolling update: 3 replicas replaced in ${T_REPLACED:-?}s, state 'completed' after ${t_update}s (incl. the ${MONITOR:-?} monitor window)"
 BEFORE=''
 nginx_retries
 sleep 1   # access records reach the files within 200 ms
@@ -313,7 +332,7 @@ check "Swarm rolled back by itself (state: $STATE; $(svc '{{.UpdateStatus.Messag
 check "the service's image is the previous one again" [ "$(svc '{{.Spec.TaskTemplate.ContainerSpec.Image}}')" = "$GOOD" ]
 check "3 replicas running the previous image" \
   [ "$(running_tasks | cut -d' ' -f2 | sort | uniq -c | awk '{print $1, $2}')" = "3 $GOOD" ]
-figure "unhealthy image: rollback started after ${t_started}s, completed after ${t_rolled}s (incl. the 20s monitor window)"
+figure "unhealthy image: rollback started after ${t_started}s, completed after ${t_rolled}s (incl. the ${ROLLBACK_MONITOR:-?} rollback monitor window)"
 nginx_retries
 sleep 1
 verify "$WORK/load-rollback.json" "$LOGS" rollback "$CLIENT" "during the rollback"

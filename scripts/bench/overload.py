@@ -42,13 +42,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from procs import cleanup, open_fds, status_kib  # noqa: E402
-from servers import Server, ServerFailed, read_response  # noqa: E402
+from servers import PROBE, Server, ServerFailed, read_response  # noqa: E402
 
 FLOODS = {
     "mixed": {"idle": 500, "loris": 1500},
     "slowloris": {"idle": 0, "loris": 10000},
 }
-PROBE = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
 KEEP = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 
@@ -152,7 +151,8 @@ def run_flood(port, idle, loris, cycle, rate, ready_fd, out_path):
 
 def probe(port, timeout):
     """Seconds from connect to the whole answer of one GET /health, and its
-    status line (or the error)."""
+    status line (or the error). A probe that got no answer counts as the whole
+    timeout, so that a refusal cannot pass for a fast answer."""
     t0 = time.perf_counter()
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
@@ -161,7 +161,7 @@ def probe(port, timeout):
             head, _ = read_response(s)
         status = head.split(b"\r\n", 1)[0].decode("latin-1")
     except (OSError, ServerFailed) as e:
-        status = f"failed: {type(e).__name__}"
+        return timeout, f"failed: {type(e).__name__}"
     return time.perf_counter() - t0, status
 
 
