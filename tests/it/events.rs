@@ -356,7 +356,13 @@ async fn kill_9_with_event_sync_data_loses_no_acknowledged_event() {
                     );
                     let sent = tokio::time::timeout(
                         HANG,
-                        crate::kit::send_raw(addr, &event_bytes(&rid, &body)),
+                        crate::kit::send_raw(
+                            addr,
+                            &crate::kit::event_request(
+                                &body,
+                                &format!("X-Request-Id: {rid}\r\nConnection: close\r\n"),
+                            ),
+                        ),
                     )
                     .await;
                     match sent {
@@ -403,14 +409,6 @@ async fn kill_9_with_event_sync_data_loses_no_acknowledged_event() {
             "acknowledged {rid} is in the log once"
         );
     }
-}
-
-fn event_bytes(rid: &str, body: &str) -> Vec<u8> {
-    format!(
-        "POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nX-Request-Id: {rid}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
 }
 
 // ---- generated hostile bodies --------------------------------------------------------------

@@ -52,7 +52,7 @@ async fn slow_and_idle_connections_make_room_for_new_clients() {
         &dir.0,
         &log,
         &[
-            ("MAX_CONNECTIONS", "32"),
+            ("MAX_CONNECTIONS", &CAP.to_string()),
             // Long enough that no timeout frees a slot during the test: only eviction can.
             ("HEADER_TIMEOUT", "60s"),
             ("BODY_TIMEOUT", "60s"),

@@ -5,12 +5,9 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::kit::{Conn, Resp, get, post_event, request};
+use crate::kit::{Conn, HANG, Resp, get, post_event, request};
 use crate::race::{Client, Outcome, read_answer};
 use crate::support::*;
-
-/// Longest a test waits for something that should happen at once; a hang guard, not a timing.
-const LIMIT: Duration = Duration::from_secs(10);
 
 /// The binary with `HOST` unset (the default dual-stack listener), logging to `dir/logs/api.log`.
 fn spawn_default_host(dir: &Path, env: &[(&str, &str)]) -> Api {
@@ -76,14 +73,14 @@ async fn drain_delay_serves_on_with_connection_close() {
         .await
         .unwrap();
     assert_eq!(status_and_close(read_answer(&mut kept).await), (200, true));
-    let after = tokio::time::timeout(LIMIT, kept.io.read(&mut [0u8; 1]))
+    let after = tokio::time::timeout(HANG, kept.io.read(&mut [0u8; 1]))
         .await
         .expect("the server closes the connection after its answer");
     assert_eq!(after.unwrap(), 0, "nothing after the answer but the end");
 
     assert!(!srv.task.is_finished(), "still serving within the delay");
     srv.trigger.request();
-    let result = tokio::time::timeout(LIMIT, srv.task)
+    let result = tokio::time::timeout(HANG, srv.task)
         .await
         .expect("run returns");
     let err = result
@@ -99,7 +96,7 @@ fn drain_phases_are_logged_and_exit_0() {
     let dir = TempDir::new();
     let mut p = spawn_api(&dir.0, &[("DRAIN_DELAY", "300ms")]);
     p.signal("TERM");
-    assert_eq!(p.wait_exit(LIMIT), Some(0), "{}", p.stderr());
+    assert_eq!(p.wait_exit(HANG), Some(0), "{}", p.stderr());
     let records = read_records(&dir.0.join("logs/api.log"));
     let msgs: Vec<&str> = records.iter().filter_map(|r| r["msg"].as_str()).collect();
     let at = |m: &str| {
@@ -124,7 +121,7 @@ fn second_signal_ends_the_drain_delay() {
     assert!(health.is_some(), "/health turns 503 after SIGTERM");
     assert_eq!(rt.block_on(get(p.addr, "/")).status, 200, "still serving");
     p.signal("INT");
-    assert_eq!(p.wait_exit(LIMIT), Some(1));
+    assert_eq!(p.wait_exit(HANG), Some(1));
     assert!(
         p.stderr().contains("second shutdown request"),
         "{}",
@@ -170,6 +167,10 @@ fn default_host_serves_ipv4_and_ipv6() {
     let v6 = has_ipv6_loopback().then(|| SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port));
     match v6 {
         Some(v6) => assert_eq!(rt.block_on(get(v6, "/")).status, 200),
+        // CI's machines have IPv6 on loopback: there, its absence is a failure, not a skip.
+        None if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("::1 does not exist on this CI machine: the IPv6 half is not checked")
+        }
         None => eprintln!("::1 does not exist here: IPv6 not checked"),
     }
     let probe = |host: Option<&str>| {
@@ -190,7 +191,7 @@ fn default_host_serves_ipv4_and_ipv6() {
     assert!(probe(Some("127.0.0.1")).starts_with(&format!("healthy: {v4} ")));
 
     p.signal("TERM");
-    assert_eq!(p.wait_exit(LIMIT), Some(0));
+    assert_eq!(p.wait_exit(HANG), Some(0));
     let records = read_records(&dir.0.join("logs/api.log"));
     let clients: Vec<&str> = records
         .iter()
@@ -249,7 +250,7 @@ fn records_name_their_replica() {
         201
     );
     p.signal("TERM");
-    assert_eq!(p.wait_exit(LIMIT), Some(0));
+    assert_eq!(p.wait_exit(HANG), Some(0));
 
     let records = read_records(&dir.0.join(format!("logs/api-{host}.log")));
     for msg in ["listening", "access", "event", "drained; shutting down"] {
