@@ -61,12 +61,21 @@ impl<'a> Rec<'a> {
     /// The last `width` (at most 20) decimal digits of `n`, zero-padded.
     pub(crate) fn digits(&mut self, mut n: u64, width: usize) {
         let mut text = [0; 20];
-        let digits = &mut text[20 - width..];
-        for d in digits.iter_mut().rev() {
+        for d in text[..width].iter_mut().rev() {
             *d = b'0' + (n % 10) as u8;
             n /= 10;
         }
-        self.put(digits);
+        self.put_first(&text, width);
+    }
+
+    /// The first `len` bytes of `text`, copied as all `N` and then cut back: a copy of a size
+    /// known when compiling is a few moves, where one of a size known only at run time is a
+    /// call to `memcpy`, which musl's copies byte by byte at both ends.
+    #[inline(always)]
+    pub(crate) fn put_first<const N: usize>(&mut self, text: &[u8; N], len: usize) {
+        debug_assert!(len <= N);
+        self.out.extend_from_slice(text);
+        self.out.truncate(self.out.len() - (N - len));
     }
 
     pub(crate) fn u64(&mut self, n: u64) {
@@ -93,7 +102,7 @@ impl<'a> Rec<'a> {
                     text[len..len + 4].copy_from_slice(&digits);
                     len += n;
                 }
-                self.put(&text[..len - 1]); // without the last dot
+                self.put_first(&text, len - 1); // without the last dot
             }
             IpAddr::V6(v6) => {
                 // Writing to a Rec cannot fail.
@@ -211,6 +220,12 @@ pub(crate) fn json_str(buf: &mut impl Out, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();
     buf.put(b"\"");
+    // Most strings need no escape: one look, then one copy.
+    if bytes.iter().all(|&b| CLASS[usize::from(b)] != ESCAPE) {
+        buf.put(bytes);
+        buf.put(b"\"");
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         if CLASS[usize::from(b)] != ESCAPE {

@@ -72,7 +72,7 @@ pub fn answer_now(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Answer
     let start = Instant::now();
     let (mut head, _body) = req.into_parts();
     let mut generated = None;
-    let env = Envelope::open(app, &head, peer, &mut generated);
+    let env = Envelope::open(app, &head, peer, start, &mut generated);
     let result = check_head(&head, &env.fields, app.cfg.max_header_bytes)
         .and_then(|()| route_now(app, &head).expect("POST /events was given back"));
     let resp = result.unwrap_or_else(ApiError::into_response);
@@ -93,7 +93,7 @@ pub async fn answer_later(
     // The head stays here, for the access record; only the body goes to the handler.
     let (mut head, body) = req.into_parts();
     let mut generated = None;
-    let env = Envelope::open(app, &head, peer, &mut generated);
+    let env = Envelope::open(app, &head, peer, start, &mut generated);
     let result = match check_head(&head, &env.fields, app.cfg.max_header_bytes) {
         Err(e) => Err(e),
         Ok(()) => events::create(app, &head, body, env.rid, env.client).await,
@@ -116,11 +116,12 @@ struct Envelope<'a> {
 }
 
 impl<'a> Envelope<'a> {
-    /// `generated` holds the request's id if it is a new one.
+    /// `generated` holds the request's id if it is a new one (dated `start`).
     fn open(
         app: &App,
         head: &'a Parts,
         peer: SocketAddr,
+        start: Instant,
         generated: &'a mut Option<Id>,
     ) -> Envelope<'a> {
         let fields = Fields::of(&head.headers);
@@ -130,7 +131,7 @@ impl<'a> Envelope<'a> {
         let (rid, request_id) = match given {
             Some((rid, v)) => (rid, v.clone()),
             None => {
-                let id = generated.insert(app.ids.next());
+                let id = generated.insert(app.ids.next(start));
                 (RequestId::from(&*id), id_header(id))
             }
         };
@@ -175,7 +176,7 @@ impl<'a> Envelope<'a> {
             app.sink.access(
                 level,
                 &Access {
-                    method: head.method.as_str(),
+                    method: &head.method,
                     path: head.uri.path(),
                     status: resp.status().as_u16(),
                     bytes,
