@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::pin::pin;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -52,7 +52,7 @@ pub async fn create(
     })?;
     let Event { kind, data } = event_shape(&doc)?;
 
-    let id = app.ids.next();
+    let id = app.ids.next(Instant::now());
     let received_at = json::timestamp_bytes(OffsetDateTime::now_utc());
     let mut record = Vec::with_capacity(256 + bytes.len());
     write_record(

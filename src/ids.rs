@@ -1,35 +1,44 @@
 //! Identifiers for requests and events: 32 hex digits, time-ordered and unique without
 //! coordination. The layout is 48 bits of Unix milliseconds, 48 random bits drawn once per
 //! process, and a 32-bit per-process sequence: restarts differ in time and randomness, and
-//! replicas writing one log file differ in randomness. [`RequestId`] is the id a request's
+//! replicas writing one log file differ in randomness. The milliseconds are the wall clock's
+//! at the process's start, counted on by the monotonic clock to the instant the caller gives
+//! (its request's arrival, which it read anyway): no clock reading of their own per id, and
+//! a process's ids never go back in time when the wall clock is stepped. [`RequestId`] is the id a request's
 //! records carry: the client's `X-Request-Id` if it is safe, else a generated one.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::io::Read;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Hands out ids; one per process (or per server in tests).
 pub struct IdGen {
     node: u64,
     seq: AtomicU32,
+    /// A monotonic instant and the Unix milliseconds read right after it.
+    origin: (Instant, u64),
 }
 
 impl IdGen {
     pub fn new() -> IdGen {
         let seed = random_u64();
-        IdGen {
-            node: seed & 0xffff_ffff_ffff,
-            seq: AtomicU32::new((seed >> 48) as u32),
-        }
-    }
-
-    /// A new id, e.g. `019ac1f2e3a47c1d9b0e55aa0000002a`.
-    pub fn next(&self) -> Id {
+        let origin = Instant::now();
         let ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
+        IdGen {
+            node: seed & 0xffff_ffff_ffff,
+            seq: AtomicU32::new((seed >> 48) as u32),
+            origin: (origin, ms),
+        }
+    }
+
+    /// A new id for something that happened at `at`, e.g. `019ac1f2e3a47c1d9b0e55aa0000002a`.
+    pub fn next(&self, at: Instant) -> Id {
+        let (origin, origin_ms) = self.origin;
+        let ms = origin_ms + at.saturating_duration_since(origin).as_millis() as u64;
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let value =
             u128::from(ms & 0xffff_ffff_ffff) << 80 | u128::from(self.node) << 32 | u128::from(seq);
@@ -149,14 +158,14 @@ mod tests {
         let b = IdGen::new();
         let mut seen = std::collections::HashSet::new();
         for _ in 0..1000 {
-            assert!(seen.insert(a.next()));
-            assert!(seen.insert(b.next()));
+            assert!(seen.insert(a.next(Instant::now())));
+            assert!(seen.insert(b.next(Instant::now())));
         }
-        let id = a.next();
+        let id = a.next(Instant::now());
         assert_eq!(id.as_str().len(), 32);
         assert!(id.as_bytes().iter().all(|c| c.is_ascii_hexdigit()));
         // The sequence is the last 8 digits and counts up by one.
-        let next = a.next();
+        let next = a.next(Instant::now());
         let seq = |id: &Id| u32::from_str_radix(&id.as_str()[24..], 16).unwrap();
         assert_eq!(seq(&next), seq(&id).wrapping_add(1));
         assert_eq!(
