@@ -90,6 +90,19 @@ impl<'a> Rec<'a> {
         self.digits(n, width);
     }
 
+    /// `s` as a JSON string, as [`json_str`] writes it, with the usual case (nothing to
+    /// escape) inline.
+    #[inline(always)]
+    pub(crate) fn str(&mut self, s: &str) {
+        if s.bytes().all(|b| CLASS[usize::from(b)] != ESCAPE) {
+            self.put(b"\"");
+            self.put(s.as_bytes());
+            self.put(b"\"");
+        } else {
+            json_str(self, s);
+        }
+    }
+
     /// An address in its usual text form (which never needs JSON escaping).
     pub(crate) fn ip(&mut self, ip: IpAddr) {
         match ip {

@@ -13,7 +13,7 @@ use log::Level;
 use time::OffsetDateTime;
 
 use crate::ids::RequestId;
-use crate::json::{Out, Rec, json_bytes, json_str, write_timestamp};
+use crate::json::{Out, Rec, json_bytes, write_timestamp};
 
 /// The fields of one access record.
 pub struct Access<'a> {
@@ -32,27 +32,20 @@ pub struct Access<'a> {
     pub user_agent: &'a [u8],
 }
 
-/// Appends one access record to `buf` (see the module's doc). `host` is the replica's name,
-/// already a JSON string.
+/// Appends one access record to `buf` (see the module's doc). `middle` is the record's
+/// constant text from the timestamp's `Z` to the method's opening quote (see [`middle`]).
 pub(super) fn access_record(
     buf: &mut Vec<u8>,
     clock: &mut Clock,
     now: Duration,
-    level: Level,
-    host: &[u8],
+    middle: &[u8],
     a: &Access<'_>,
 ) {
     let mut rec = Rec::new(buf);
-    rec.put(b"{\"ts\":\"");
     clock.write(&mut rec, now);
-    rec.put(match level {
-        Level::Debug | Level::Trace => b"\",\"level\":\"debug\",\"msg\":\"access\",\"host\":",
-        _ => b"\",\"level\":\"info\",\"msg\":\"access\",\"host\":",
-    });
-    rec.put(host);
+    rec.put(middle);
     // A method is a token (RFC 9110), which has no byte JSON escapes. The usual ones are
     // copied as constants (see `Rec::put_first` for why).
-    rec.put(b",\"method\":\"");
     match *a.method {
         Method::GET => rec.put(b"GET"),
         Method::POST => rec.put(b"POST"),
@@ -60,7 +53,7 @@ pub(super) fn access_record(
         ref other => rec.put(other.as_str().as_bytes()),
     }
     rec.put(b"\",\"path\":");
-    json_str(&mut rec, a.path);
+    rec.str(a.path);
     rec.put(b",\"status\":");
     rec.digits(u64::from(a.status), 3); // StatusCode is 100..=999
     rec.put(b",\"bytes\":");
@@ -79,14 +72,34 @@ pub(super) fn access_record(
     rec.put(b"}\n");
 }
 
+/// The text of an access record of `level` between the timestamp's milliseconds and the
+/// method, `host` (the replica's name as a JSON string) included: made once, so that a record
+/// copies it whole rather than in pieces.
+pub(super) fn middle(level: Level, host: &[u8]) -> Box<[u8]> {
+    let level: &[u8] = match level {
+        Level::Debug | Level::Trace => b"debug",
+        _ => b"info",
+    };
+    [
+        b"Z\",\"level\":\"",
+        level,
+        b"\",\"msg\":\"access\",\"host\":",
+        host,
+        b",\"method\":\"",
+    ]
+    .concat()
+    .into()
+}
+
 /// Wall-clock time for access records, read from the system clock at most once a second:
 /// records carry a monotonic [`Instant`] (which the request read anyway) and are placed
-/// relative to the last reading. Also the `YYYY-MM-DDTHH:MM:SS` of the last formatted second.
+/// relative to the last reading. Also the record's opening up to the last formatted
+/// second, `{"ts":"YYYY-MM-DDTHH:MM:SS.`.
 pub(super) struct Clock {
     /// A monotonic instant and the wall-clock time read right after it.
     base: Option<(Instant, Duration)>,
     secs: u64,
-    text: [u8; 19],
+    text: [u8; 27],
 }
 
 impl Default for Clock {
@@ -94,7 +107,7 @@ impl Default for Clock {
         Clock {
             base: None,
             secs: u64::MAX,
-            text: [0; 19],
+            text: *b"{\"ts\":\"0000-00-00T00:00:00.",
         }
     }
 }
@@ -120,7 +133,7 @@ impl Clock {
         }
     }
 
-    /// Writes `since_epoch` as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+    /// Opens a record stamped `since_epoch`: `{"ts":"YYYY-MM-DDTHH:MM:SS.mmm`.
     fn write(&mut self, out: &mut Rec<'_>, since_epoch: Duration) {
         let secs = since_epoch.as_secs();
         if secs != self.secs {
@@ -130,13 +143,11 @@ impl Clock {
                 .unwrap_or(OffsetDateTime::UNIX_EPOCH);
             let mut text = Vec::with_capacity(24);
             write_timestamp(&mut text, t);
-            self.text.copy_from_slice(&text[..19]);
+            self.text[7..26].copy_from_slice(&text[..19]);
             self.secs = secs;
         }
         out.put(&self.text);
-        out.put(b".");
         out.digits(u64::from(since_epoch.subsec_millis()), 3);
-        out.put(b"Z");
     }
 }
 
@@ -164,8 +175,9 @@ mod tests {
         };
         let now = Duration::new(1_764_134_415, 7_000_000);
         let host = br#""web-1""#;
-        access_record(&mut buf, &mut clock, now, Level::Debug, host, &a);
-        access_record(&mut buf, &mut clock, now, Level::Info, host, &a);
+        let (debug, info) = (middle(Level::Debug, host), middle(Level::Info, host));
+        access_record(&mut buf, &mut clock, now, &debug, &a);
+        access_record(&mut buf, &mut clock, now, &info, &a);
         let lines: Vec<serde_json::Value> = buf
             .split(|&b| b == b'\n')
             .filter(|l| !l.is_empty())
@@ -200,7 +212,7 @@ mod tests {
             ..a
         };
         let mut buf = Vec::new();
-        access_record(&mut buf, &mut clock, now, Level::Info, host, &long);
+        access_record(&mut buf, &mut clock, now, &info, &long);
         assert_eq!(buf.iter().filter(|&&b| b == b'\n').count(), 1);
         let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
         assert_eq!(

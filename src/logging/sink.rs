@@ -29,7 +29,7 @@ use std::time::Duration;
 use log::{Level, LevelFilter};
 use tokio::sync::oneshot;
 
-use super::access::{Access, Clock, access_record};
+use super::access::{Access, Clock, access_record, middle};
 use super::file::{open_append, open_error, public_reason, write_batch};
 use super::stderr;
 use crate::config::{self, EventSync};
@@ -54,6 +54,9 @@ struct Shared {
     /// string for the access and event records, which copy it rather than escape it each time.
     host: &'static str,
     host_json: Box<[u8]>,
+    /// The constant middle of access records at info and at debug level (`access::middle`).
+    access_info: Box<[u8]>,
+    access_debug: Box<[u8]>,
     sync: EventSync,
     access: bool,
     debug: bool,
@@ -137,6 +140,8 @@ impl Sink {
         let shared = Arc::new(Shared {
             path: path.to_path_buf(),
             host,
+            access_info: middle(Level::Info, &host_json),
+            access_debug: middle(Level::Debug, &host_json),
             host_json: host_json.into(),
             sync,
             access: level >= LevelFilter::Info,
@@ -195,7 +200,11 @@ impl Sink {
         let was_empty = p.buf.is_empty();
         let Pending { buf, clock, .. } = &mut *p;
         let now = clock.since_epoch(a.at);
-        access_record(buf, clock, now, level, &self.0.host_json, a);
+        let middle = match level {
+            Level::Debug | Level::Trace => &self.0.access_debug,
+            _ => &self.0.access_info,
+        };
+        access_record(buf, clock, now, middle, a);
         self.appended(p, was_empty);
     }
 
