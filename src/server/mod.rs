@@ -93,17 +93,24 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
         let app = Arc::clone(&app);
         let service = service_fn(move |req: Request<Incoming>| {
             activity.begin();
-            // Before the future: see `answer_now` for why.
-            let now = routes::answer_now(&app, req, peer);
-            let app = Arc::clone(&app);
-            let activity = Arc::clone(&activity);
+            // Before the future: see `answer_now` for why. hyper polls the future as soon as
+            // it has it, so a request answered now is finished now.
+            let later = match routes::answer_now(&app, req, peer) {
+                Answer::Now(resp, end) => {
+                    activity.finish(end);
+                    Ok(resp)
+                }
+                Answer::Later(req) => Err((req, Arc::clone(&app), Arc::clone(&activity))),
+            };
             async move {
-                let (resp, end) = match now {
-                    Answer::Now(resp, end) => (resp, end),
-                    Answer::Later(req) => routes::answer_later(&app, req, peer).await,
-                };
-                activity.finish(end);
-                Ok::<_, std::convert::Infallible>(resp)
+                match later {
+                    Ok(resp) => Ok::<_, std::convert::Infallible>(resp),
+                    Err((req, app, activity)) => {
+                        let (resp, end) = routes::answer_later(&app, req, peer).await;
+                        activity.finish(end);
+                        Ok(resp)
+                    }
+                }
             }
         });
         let conn = http.serve_connection(TokioIo::new(io), service);
