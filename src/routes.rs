@@ -75,10 +75,11 @@ pub fn answer_now(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Answer
     let env = Envelope::open(app, &head, peer, start, &mut generated);
     let result = check_head(&head, &env.fields, app.cfg.max_header_bytes)
         .and_then(|()| route_now(app, &head).expect("POST /events was given back"));
-    let resp = result.unwrap_or_else(ApiError::into_response);
+    let mut resp = result.unwrap_or_else(ApiError::into_response);
     let end = Instant::now();
     let request_id = env.record(app, start, end, &head, &resp);
-    Answer::Now(finish(app, &mut head, resp, request_id), end)
+    finish(app, &mut head, &mut resp, request_id);
+    Answer::Now(resp, end)
 }
 
 /// Answers a request [`answer_now`] gave back (`POST /events`), in the same envelope: stamps
@@ -98,10 +99,11 @@ pub async fn answer_later(
         Err(e) => Err(e),
         Ok(()) => events::create(app, &head, body, env.rid, env.client).await,
     };
-    let resp = result.unwrap_or_else(ApiError::into_response);
+    let mut resp = result.unwrap_or_else(ApiError::into_response);
     let end = Instant::now();
     let request_id = env.record(app, start, end, &head, &resp);
-    (finish(app, &mut head, resp, request_id), end)
+    finish(app, &mut head, &mut resp, request_id);
+    (resp, end)
 }
 
 /// What the envelope knows of a request before it is routed.
@@ -215,38 +217,25 @@ fn id_header(id: &Id) -> HeaderValue {
 
 /// The answer as sent: its headers (see [`answer_headers`]), and `Connection: close` while
 /// draining.
-fn finish(
-    app: &App,
-    head: &mut Parts,
-    mut resp: Response<Body>,
-    request_id: HeaderValue,
-) -> Response<Body> {
-    let headers = answer_headers(
-        std::mem::take(&mut head.headers),
-        resp.headers_mut(),
-        request_id,
-    );
-    *resp.headers_mut() = headers;
+fn finish(app: &App, head: &mut Parts, resp: &mut Response<Body>, request_id: HeaderValue) {
+    // The request's map goes to the answer, the handler's to the request, which drops it.
+    std::mem::swap(&mut head.headers, resp.headers_mut());
+    answer_headers(resp.headers_mut(), &mut head.headers, request_id);
     if app.draining() {
         // hyper closes the connection after this answer: a keep-alive client reconnects,
         // through its load balancer, to a replica that is not going away.
         resp.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
-    resp
 }
 
 /// The headers of an answer: those every answer carries (`Content-Type`, `Cache-Control:
 /// no-store`, `X-Content-Type-Options: nosniff`, `X-Request-Id`), then any its handler set
-/// (`Allow`, `Connection`). They are written into `map`, the request's own header map, emptied: hyper
-/// hands the map of an answer it has sent back to the connection to parse the next request
-/// into, so a map passed along this way is never allocated again. Names are constants and
-/// values static, so an insert hashes a known name and copies no bytes.
-fn answer_headers(
-    mut map: HeaderMap,
-    handler: &mut HeaderMap,
-    request_id: HeaderValue,
-) -> HeaderMap {
+/// (`Allow`, `Connection`). They are written into `map`, the request's own header map, emptied:
+/// hyper hands the map of an answer it has sent back to the connection to parse the next
+/// request into, so a map passed along this way is never allocated again. Names are constants
+/// and values static, so an insert hashes a known name and copies no bytes.
+fn answer_headers(map: &mut HeaderMap, handler: &mut HeaderMap, request_id: HeaderValue) {
     map.clear();
     map.insert(CONTENT_TYPE, APPLICATION_JSON.clone());
     map.insert(CACHE_CONTROL, NO_STORE.clone());
@@ -255,7 +244,6 @@ fn answer_headers(
     if !handler.is_empty() {
         map.extend(handler.drain());
     }
-    map
 }
 
 fn body_len(resp: &Response<Body>) -> u64 {
