@@ -34,6 +34,17 @@ const OCTETS: [([u8; 4], usize); 256] = {
     table
 };
 
+/// The two decimal digits of 0..=99.
+const DIGIT_PAIRS: [[u8; 2]; 100] = {
+    let mut table = [[0; 2]; 100];
+    let mut i = 0;
+    while i < 100 {
+        table[i] = [b'0' + (i / 10) as u8, b'0' + (i % 10) as u8];
+        i += 1;
+    }
+    table
+};
+
 /// Where the escapers write: a `Vec`, or a [`Rec`] over one.
 pub(crate) trait Out {
     fn put(&mut self, bytes: &[u8]);
@@ -58,12 +69,18 @@ impl<'a> Rec<'a> {
         Rec { out }
     }
 
-    /// The last `width` (at most 20) decimal digits of `n`, zero-padded.
+    /// The last `width` (at most 20) decimal digits of `n`, zero-padded: two at a time from
+    /// a table, which halves the divisions.
     pub(crate) fn digits(&mut self, mut n: u64, width: usize) {
         let mut text = [0; 20];
-        for d in text[..width].iter_mut().rev() {
-            *d = b'0' + (n % 10) as u8;
-            n /= 10;
+        let mut end = width;
+        while end >= 2 {
+            text[end - 2..end].copy_from_slice(&DIGIT_PAIRS[(n % 100) as usize]);
+            n /= 100;
+            end -= 2;
+        }
+        if end == 1 {
+            text[0] = b'0' + (n % 10) as u8;
         }
         self.put_first(&text, width);
     }
@@ -379,9 +396,28 @@ mod tests {
         );
     }
 
-    /// Access records come out whole and as given, from the longest numbers and address to
-    /// paths and user agents longer than the stack buffer [`Rec`] once had.
+    /// Numbers of every width come out as `Display` writes them, and fixed widths zero-padded.
+    #[test]
+    fn numbers_match_std() {
+        let mut values = vec![0, u64::MAX];
+        for p in 0..20 {
+            let n = 10u64.pow(p);
+            values.extend([n - 1, n, n + 1, n + n / 3]);
+        }
+        for n in values {
+            let mut buf = Vec::new();
+            Rec::new(&mut buf).u64(n);
+            assert_eq!(buf, n.to_string().into_bytes());
+        }
+        let mut buf = Vec::new();
+        let mut rec = Rec::new(&mut buf);
+        rec.digits(7, 3);
+        rec.digits(1234, 3);
+        rec.digits(42, 2);
+        assert_eq!(buf, b"00723442");
+    }
 
+    /// The table-driven IPv4 text matches the standard library's, octet values of every width.
     #[test]
     fn ipv4_text_matches_std() {
         for octet in 0..=255u8 {
@@ -393,9 +429,6 @@ mod tests {
             }
         }
     }
-
-    /// Record times follow the monotonic clock from one reading of the wall clock, and a
-    /// reading over a second old is replaced.
 
     #[test]
     fn timestamp_is_rfc3339_utc_millis() {

@@ -157,6 +157,8 @@ mod tests {
     /// The stack buffer `Rec` once wrote through: longer records must come out whole too.
     const REC_BUF: usize = 512;
 
+    /// Access records come out whole and as given, from the longest numbers and address to
+    /// paths and user agents longer than the stack buffer `Rec` once had.
     #[test]
     fn longest_access_record_is_whole() {
         let v6: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap();
@@ -225,8 +227,8 @@ mod tests {
         );
     }
 
-    /// The table-driven IPv4 text matches the standard library's, octet values of every width.
-
+    /// Record times follow the monotonic clock from one reading of the wall clock, and a
+    /// reading over a second old is replaced.
     #[test]
     fn clock_reads_the_wall_clock_once_a_second() {
         let wall = || SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
