@@ -45,29 +45,8 @@ if ((${#need[@]})); then
 fi
 export PATH="$PATH:/usr/sbin"
 
-# The idle-connection run holds thousands of sockets in the client and the
-# server; keep a soft limit well above that.
-hard="$(ulimit -Hn)"
-if [[ "$hard" == unlimited ]] || ((hard > 65536)); then hard=65536; fi
-ulimit -n "$hard"
-
-# bench.py runs in a session (and process group) of its own; all it starts
-# stays in that group, so the trap can stop everything in one go even if
-# bench.py itself was killed before its own clean-up ran.
-pgid=""
-# shellcheck disable=SC2317,SC2329  # called from the EXIT trap
-cleanup() {
-  trap - EXIT INT TERM HUP
-  if [[ -n "$pgid" ]] && kill -0 -- "-$pgid" 2>/dev/null; then
-    kill -TERM -- "-$pgid" 2>/dev/null || true
-    for _ in $(seq 50); do
-      kill -0 -- "-$pgid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL -- "-$pgid" 2>/dev/null || true
-  fi
-}
-on_exit cleanup
+# The idle-connection run holds thousands of sockets in the client and the server.
+raise_nofile
 
 cmdline="scripts/bench.sh"
 [[ -n "${CARGO_TARGET_DIR:-}" ]] && cmdline="CARGO_TARGET_DIR=$CARGO_TARGET_DIR $cmdline"
@@ -75,10 +54,8 @@ for a in "$@"; do
   if [[ "$a" =~ ^[A-Za-z0-9_./=:,+-]+$ ]]; then cmdline+=" $a"; else cmdline+=" $(printf '%q' "$a")"; fi
 done
 
-setsid python3 "$repo/scripts/bench/bench.py" --command "$cmdline" "$@" &
-pgid=$!  # setsid made bench.py the leader of a new process group
+# bench.py's own clean-up stops what it started; if it dies without (SIGKILL, a crash),
+# whatever it left running in its process group is stopped on exit.
 rc=0
-wait "$pgid" || rc=$?
-# The trap still runs on this exit: if bench.py died without cleaning up
-# (SIGKILL, a crash), whatever it left running in its group is stopped.
+run_group python3 "$repo/scripts/bench/bench.py" --command "$cmdline" "$@" || rc=$?
 exit "$rc"

@@ -63,3 +63,40 @@ wait_health() {
   "${DOCKER:-docker}" inspect -f '{{range .State.Health.Log}}  probe: {{.ExitCode}} {{.Output}}{{end}}' "$1" >&2
   return 1
 }
+
+# ---- benchmarks ----------------------------------------------------------------------------
+# raise_nofile: the soft open-file limit up to the hard one, at most 65,536: the connection
+# floods hold thousands of sockets in the client and in the server.
+raise_nofile() {
+  local hard
+  hard="$(ulimit -Hn)"
+  if [ "$hard" = unlimited ] || [ "$hard" -gt 65536 ]; then hard=65536; fi
+  ulimit -n "$hard"
+}
+
+# run_group CMD...: runs CMD in a session (and process group) of its own and returns its exit
+# status. Everything CMD starts stays in that group, so the group is stopped as a whole when
+# the script exits, however it exits, even if CMD itself was killed before its own clean-up
+# ran. Sets the script's EXIT trap (see on_exit).
+group_leader=""
+# shellcheck disable=SC2317,SC2329  # called from the EXIT trap
+stop_group() {
+  trap - EXIT INT TERM HUP
+  if [ -n "$group_leader" ] && kill -0 -- "-$group_leader" 2>/dev/null; then
+    kill -TERM -- "-$group_leader" 2>/dev/null || true
+    local i
+    for ((i = 0; i < 50; i++)); do
+      kill -0 -- "-$group_leader" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL -- "-$group_leader" 2>/dev/null || true
+  fi
+}
+run_group() {
+  on_exit stop_group
+  setsid "$@" &
+  group_leader=$! # setsid made CMD the leader of a new process group
+  local rc=0
+  wait "$group_leader" || rc=$?
+  return "$rc"
+}

@@ -32,24 +32,9 @@ if [[ "$hard" != unlimited ]] && ((hard < 20000)); then
   echo "the open-file hard limit ($hard) is below the 10,000-connection flood; run as root or raise it" >&2
   exit 1
 fi
-if [[ "$hard" == unlimited ]] || ((hard > 65536)); then hard=65536; fi
-ulimit -n "$hard"
+raise_nofile
 
 # The benchmark runs in a process group of its own, stopped as a whole on exit.
-pgid=""
-# shellcheck disable=SC2317,SC2329  # called from the EXIT trap
-cleanup() {
-  trap - EXIT INT TERM HUP
-  if [[ -n "$pgid" ]] && kill -0 -- "-$pgid" 2>/dev/null; then
-    kill -TERM -- "-$pgid" 2>/dev/null || true
-    sleep 1
-    kill -KILL -- "-$pgid" 2>/dev/null || true
-  fi
-}
-on_exit cleanup
-
-setsid python3 "$repo/scripts/bench/overload.py" "$@" &
-pgid=$!
 rc=0
-wait "$pgid" || rc=$?
+run_group python3 "$repo/scripts/bench/overload.py" "$@" || rc=$?
 exit "$rc"
