@@ -4,8 +4,9 @@
 //! replicas writing one log file differ in randomness. The milliseconds are the wall clock's
 //! at the process's start, counted on by the monotonic clock to the instant the caller gives
 //! (its request's arrival, which it read anyway): no clock reading of their own per id, and
-//! a process's ids never go back in time when the wall clock is stepped. [`RequestId`] is the id a request's
-//! records carry: the client's `X-Request-Id` if it is safe, else a generated one.
+//! a process's ids never go back in time when the wall clock is stepped. [`RequestId`] is the
+//! id a request's records carry: the client's `X-Request-Id` if it is safe, else a generated
+//! one.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};

@@ -107,19 +107,6 @@ impl<'a> Rec<'a> {
         self.digits(n, width);
     }
 
-    /// `s` as a JSON string, as [`json_str`] writes it, with the usual case (nothing to
-    /// escape) inline.
-    #[inline(always)]
-    pub(crate) fn str(&mut self, s: &str) {
-        if s.bytes().all(|b| CLASS[usize::from(b)] != ESCAPE) {
-            self.put(b"\"");
-            self.put(s.as_bytes());
-            self.put(b"\"");
-        } else {
-            json_str(self, s);
-        }
-    }
-
     /// An address in its usual text form (which never needs JSON escaping).
     pub(crate) fn ip(&mut self, ip: IpAddr) {
         match ip {
@@ -245,17 +232,24 @@ const TOKEN: u8 = 2;
 
 /// Writes `s` as a JSON string. RFC 8259 requires escaping only `"`, `\\` and the control
 /// characters below U+0020; runs of other bytes are copied whole. (serde_json's escaper, which
-/// this replaces on the per-request path, cost several times more per record.)
+/// this replaces on the per-request path, cost several times more per record.) Inline: most
+/// strings need no escape, and then it is one look and one copy.
+#[inline]
 pub(crate) fn json_str(buf: &mut impl Out, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();
     buf.put(b"\"");
-    // Most strings need no escape: one look, then one copy.
     if bytes.iter().all(|&b| CLASS[usize::from(b)] != ESCAPE) {
         buf.put(bytes);
-        buf.put(b"\"");
-        return;
+    } else {
+        escape(buf, bytes);
     }
+    buf.put(b"\"");
+}
+
+/// The inside of a JSON string for `bytes`, which hold something to escape.
+#[inline(never)]
+fn escape(buf: &mut impl Out, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         if CLASS[usize::from(b)] != ESCAPE {
@@ -281,7 +275,6 @@ pub(crate) fn json_str(buf: &mut impl Out, s: &str) {
         start = i + 1;
     }
     buf.put(&bytes[start..]);
-    buf.put(b"\"");
 }
 
 /// [`json_str`] for bytes that may not be UTF-8 (invalid sequences become U+FFFD).

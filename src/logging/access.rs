@@ -13,7 +13,7 @@ use log::Level;
 use time::OffsetDateTime;
 
 use crate::ids::RequestId;
-use crate::json::{Out, Rec, json_bytes, write_timestamp};
+use crate::json::{Out, Rec, json_bytes, json_str, write_timestamp};
 
 /// The fields of one access record.
 pub struct Access<'a> {
@@ -53,7 +53,7 @@ pub(super) fn access_record(
         ref other => rec.put(other.as_str().as_bytes()),
     }
     rec.put(b"\",\"path\":");
-    rec.str(a.path);
+    json_str(&mut rec, a.path);
     rec.put(b",\"status\":");
     rec.digits(u64::from(a.status), 3); // StatusCode is 100..=999
     rec.put(b",\"bytes\":");
