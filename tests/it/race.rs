@@ -219,7 +219,7 @@ struct Figures {
     failures: HashMap<String, u64>,
     acknowledged: Vec<String>,
     /// How many times each event id appears in the replicas' log files.
-    logged: HashMap<String, u64>,
+    logged: HashMap<String, usize>,
 }
 
 /// Runs `REPLICAS` replicas behind the forwarder under load and restarts each in turn the way a
@@ -286,15 +286,10 @@ fn rolling_restart(drain_delay: &str) -> Figures {
         );
     }
 
-    let mut logged = HashMap::new();
-    for slot in 0..REPLICAS {
-        for rec in read_records(&dir.0.join(format!("logs/api-{slot}.log"))) {
-            if rec["msg"] == "event" {
-                let id = rec["id"].as_str().expect("events have ids").to_string();
-                *logged.entry(id).or_default() += 1;
-            }
-        }
-    }
+    let records: Vec<serde_json::Value> = (0..REPLICAS)
+        .flat_map(|slot| read_records(&dir.0.join(format!("logs/api-{slot}.log"))))
+        .collect();
+    let logged = event_counts(&records, "id");
     let figures = Figures {
         requests: tally.requests.load(Ordering::Relaxed).min(MAX_REQUESTS),
         failed: tally.failed(),
@@ -316,10 +311,7 @@ fn rolling_restart(drain_delay: &str) -> Figures {
 /// Every acknowledged event is in the logs exactly once, and no event is logged twice.
 fn assert_events_exactly_once(f: &Figures) {
     assert!(!f.acknowledged.is_empty(), "the load posted events");
-    for id in &f.acknowledged {
-        assert_eq!(f.logged.get(id), Some(&1), "event {id} in the logs");
-    }
-    assert!(f.logged.values().all(|&n| n == 1), "an event logged twice");
+    assert_exactly_once(&f.acknowledged, &f.logged);
 }
 
 /// With DRAIN_DELAY=0 the rolling restart fails requests: the test can see the race.
