@@ -2,6 +2,7 @@
 //! and see exactly what the server sends: a connection that keeps what it has read beyond one
 //! response (so pipelined answers are not lost), and one-shot requests on a new connection.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -292,4 +293,33 @@ pub async fn send_raw(addr: SocketAddr, bytes: &[u8]) -> Option<Resp> {
     // The server may answer and close before taking all of a refused body.
     let _ = conn.io.write_all(bytes).await;
     conn.next(HANG).await.response()
+}
+
+/// A slowloris on `stream`: every `every` it writes the next of `bytes` (nothing once they run
+/// out, or if there are none), reading and ignoring whatever the server sends (a 408, say),
+/// until the server closes the connection (true) or `stop` completes (false).
+pub async fn trickle(
+    stream: &mut TcpStream,
+    every: Duration,
+    mut bytes: impl Iterator<Item = u8>,
+    stop: impl Future<Output = ()>,
+) -> bool {
+    tokio::pin!(stop);
+    let mut buf = [0u8; 1024];
+    loop {
+        tokio::select! {
+            read = stream.read(&mut buf) => match read {
+                Ok(n) if n > 0 => {}
+                _ => return true,
+            },
+            () = tokio::time::sleep(every) => {
+                if let Some(byte) = bytes.next() {
+                    if stream.write_all(&[byte]).await.is_err() {
+                        return true;
+                    }
+                }
+            }
+            () = &mut stop => return false,
+        }
+    }
 }
