@@ -73,17 +73,10 @@ async fn post_loop(
     pad: fn(usize, usize) -> usize,
 ) -> Vec<Sent> {
     let mut sent = Vec::new();
-    let mut conn: Option<Conn<TcpStream>> = None;
+    let mut http = kit::Client::new(addr, true, HANG);
     let start = Instant::now();
     let mut n = 0;
     while !load.stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(20) {
-        let c = match conn.as_mut() {
-            Some(c) => c,
-            None => match Conn::open(addr).await {
-                Ok(c) => conn.insert(c),
-                Err(_) => break,
-            },
-        };
         let rid = format!("{tag}-c{client}-n{n}");
         let len = pad(client, n);
         let body = format!(
@@ -91,30 +84,21 @@ async fn post_loop(
             "x".repeat(len)
         );
         let req = kit::event_request(&body, &format!("X-Request-Id: {rid}\r\n"));
-        let outcome = match c.roundtrip(&req).await {
-            Next::Response(r) => {
-                if r.header("connection") == Some("close") {
-                    conn = None;
-                }
-                if r.status == 201 {
-                    load.acks.fetch_add(1, Ordering::Relaxed);
-                    Outcome::Acked(r.json()["id"].as_str().unwrap().to_string())
-                } else {
-                    Outcome::Refused(r.status)
-                }
+        let outcome = match http.send_raw(&req).await {
+            kit::Outcome::Answered {
+                status: 201, body, ..
+            } => {
+                load.acks.fetch_add(1, Ordering::Relaxed);
+                let answer: Value = serde_json::from_slice(&body).expect("201 is JSON");
+                Outcome::Acked(answer["id"].as_str().unwrap().to_string())
             }
-            Next::Closed => {
-                conn = None;
-                Outcome::Lost
-            }
-            Next::Truncated => {
-                conn = None;
-                Outcome::Truncated
-            }
-            Next::TimedOut => {
-                conn = None;
-                Outcome::TimedOut
-            }
+            kit::Outcome::Answered { status, .. } => Outcome::Refused(status),
+            // Nothing listens any more: this client is done.
+            kit::Outcome::Failed("connect") => break,
+            kit::Outcome::Failed("truncated") => Outcome::Truncated,
+            kit::Outcome::Failed("timeout") => Outcome::TimedOut,
+            // Closed before any byte of an answer, or the request could not be written.
+            kit::Outcome::Failed(_) => Outcome::Lost,
         };
         sent.push(Sent { rid, outcome });
         n += 1;

@@ -1,8 +1,7 @@
 //! The Kubernetes race without Kubernetes: replicas behind a round-robin TCP forwarder that,
 //! like the endpoints controller and kube-proxy, stops sending a replica new connections only
 //! a while after that replica got SIGTERM, and never retries. The replicas are restarted one
-//! by one under GET and POST load. Also the small keep-alive HTTP client the load uses, which
-//! tells every way a request can fail apart instead of panicking.
+//! by one under GET and POST load.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,99 +10,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::kit::{Conn, Next};
+use crate::kit::{Client, Outcome};
 use crate::support::*;
 
 /// Longest one request may take before the load counts it as failed.
-const REQUEST_LIMIT: Duration = Duration::from_secs(5);
-
-/// How one request ended, as a client sees it.
-#[derive(Debug)]
-pub enum Outcome {
-    /// A whole answer: status, whether the server closes the connection after it, body.
-    Answered {
-        status: u16,
-        close: bool,
-        body: Vec<u8>,
-    },
-    /// No whole answer: what went wrong ("connect", "closed", "reset", "timeout").
-    Failed(&'static str),
-}
-
-/// An HTTP/1.1 client on one connection at a time: it reuses the connection (keep-alive)
-/// unless told to close or the server said `Connection: close`, and reconnects lazily.
-pub struct Client {
-    addr: SocketAddr,
-    keep_alive: bool,
-    conn: Option<Conn<TcpStream>>,
-}
-
-impl Client {
-    pub fn new(addr: SocketAddr, keep_alive: bool) -> Client {
-        Client {
-            addr,
-            keep_alive,
-            conn: None,
-        }
-    }
-
-    /// Sends one request to `path` (a GET, or with a JSON body a POST) and reads its answer.
-    pub async fn send(&mut self, path: &str, json: Option<&str>) -> Outcome {
-        let close = if self.keep_alive {
-            ""
-        } else {
-            "Connection: close\r\n"
-        };
-        let request = match json {
-            None => format!("GET {path} HTTP/1.1\r\nHost: race\r\n{close}\r\n"),
-            Some(body) => format!(
-                "POST {path} HTTP/1.1\r\nHost: race\r\n{close}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            ),
-        };
-        let outcome = match tokio::time::timeout(REQUEST_LIMIT, self.exchange(&request)).await {
-            Ok(outcome) => outcome,
-            Err(_) => Outcome::Failed("timeout"),
-        };
-        if !matches!(outcome, Outcome::Answered { close: false, .. }) || !self.keep_alive {
-            self.conn = None;
-        }
-        outcome
-    }
-
-    async fn exchange(&mut self, request: &str) -> Outcome {
-        if self.conn.is_none() {
-            match TcpStream::connect(self.addr).await {
-                Ok(s) => self.conn = Some(Conn::new(s)),
-                Err(_) => return Outcome::Failed("connect"),
-            }
-        }
-        let conn = self.conn.as_mut().expect("connected above");
-        if conn.io.write_all(request.as_bytes()).await.is_err() {
-            return Outcome::Failed("reset");
-        }
-        read_answer(conn).await
-    }
-}
-
-/// The outcome of the next answer on `conn`, read with the tests' one HTTP reader.
-pub async fn read_answer(conn: &mut Conn<TcpStream>) -> Outcome {
-    match conn.next(REQUEST_LIMIT).await {
-        Next::Response(r) => Outcome::Answered {
-            status: r.status,
-            close: r
-                .header("connection")
-                .is_some_and(|v| v.eq_ignore_ascii_case("close")),
-            body: r.body,
-        },
-        Next::Closed => Outcome::Failed("closed"),
-        Next::Truncated => Outcome::Failed("truncated"),
-        Next::TimedOut => Outcome::Failed("timeout"),
-    }
-}
+pub const REQUEST_LIMIT: Duration = Duration::from_secs(5);
 
 /// The backends a forwarder sends new connections to, in turn.
 #[derive(Default)]
@@ -172,7 +85,7 @@ async fn load(
     stop: Arc<AtomicBool>,
     t: Arc<Tally>,
 ) {
-    let mut client = Client::new(addr, keep_alive);
+    let mut client = Client::new(addr, keep_alive, REQUEST_LIMIT);
     while !stop.load(Ordering::Relaxed) && t.requests.fetch_add(1, Ordering::Relaxed) < MAX_REQUESTS
     {
         let outcome = if post {
