@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
@@ -39,29 +39,22 @@ async fn loris(addr: SocketAddr, kind: Loris) -> Result<Duration, String> {
     }
     let start = Instant::now();
     let head = b"GET /health HTTP/1.1\r\nHost: t\r\n";
-    let mut sent = 0usize;
-    let mut buf = [0u8; 1024];
-    while start.elapsed() < HANG {
-        tokio::select! {
-            read = stream.read(&mut buf) => match read {
-                // The server may answer 408 before closing; either way it must close.
-                Ok(n) if n > 0 => continue,
-                _ => return Ok(start.elapsed()),
-            },
-            () = tokio::time::sleep(Duration::from_millis(50)) => {
-                if matches!(kind, Loris::Silent) {
-                    continue;
-                }
-                // The head never ends: after the request line, one more header byte each time.
-                let byte = if sent < head.len() { head[sent] } else { b"X-Slow: y\r\n"[sent % 11] };
-                if stream.write_all(&[byte]).await.is_err() {
-                    return Ok(start.elapsed());
-                }
-                sent += 1;
-            }
+    // The head never ends: after the request line, one more header byte each time. A silent
+    // client has none to send.
+    let silent = matches!(kind, Loris::Silent);
+    let bytes = (0..).take_while(|_| !silent).map(|sent: usize| {
+        if sent < head.len() {
+            head[sent]
+        } else {
+            b"X-Slow: y\r\n"[sent % 11]
         }
+    });
+    let stop = tokio::time::sleep(HANG);
+    if kit::trickle(&mut stream, Duration::from_millis(50), bytes, stop).await {
+        Ok(start.elapsed())
+    } else {
+        Err(format!("{kind:?}: still open after {HANG:?}"))
     }
-    Err(format!("{kind:?}: still open after {HANG:?}"))
 }
 
 /// Slowloris: 150 connections that trickle head bytes (or send nothing, or trickle a second

@@ -73,17 +73,10 @@ async fn post_loop(
     pad: fn(usize, usize) -> usize,
 ) -> Vec<Sent> {
     let mut sent = Vec::new();
-    let mut conn: Option<Conn<TcpStream>> = None;
+    let mut http = kit::Client::new(addr, true, HANG);
     let start = Instant::now();
     let mut n = 0;
     while !load.stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(20) {
-        let c = match conn.as_mut() {
-            Some(c) => c,
-            None => match Conn::open(addr).await {
-                Ok(c) => conn.insert(c),
-                Err(_) => break,
-            },
-        };
         let rid = format!("{tag}-c{client}-n{n}");
         let len = pad(client, n);
         let body = format!(
@@ -91,30 +84,21 @@ async fn post_loop(
             "x".repeat(len)
         );
         let req = kit::event_request(&body, &format!("X-Request-Id: {rid}\r\n"));
-        let outcome = match c.roundtrip(&req).await {
-            Next::Response(r) => {
-                if r.header("connection") == Some("close") {
-                    conn = None;
-                }
-                if r.status == 201 {
-                    load.acks.fetch_add(1, Ordering::Relaxed);
-                    Outcome::Acked(r.json()["id"].as_str().unwrap().to_string())
-                } else {
-                    Outcome::Refused(r.status)
-                }
+        let outcome = match http.send_raw(&req).await {
+            kit::Outcome::Answered {
+                status: 201, body, ..
+            } => {
+                load.acks.fetch_add(1, Ordering::Relaxed);
+                let answer: Value = serde_json::from_slice(&body).expect("201 is JSON");
+                Outcome::Acked(answer["id"].as_str().unwrap().to_string())
             }
-            Next::Closed => {
-                conn = None;
-                Outcome::Lost
-            }
-            Next::Truncated => {
-                conn = None;
-                Outcome::Truncated
-            }
-            Next::TimedOut => {
-                conn = None;
-                Outcome::TimedOut
-            }
+            kit::Outcome::Answered { status, .. } => Outcome::Refused(status),
+            // Nothing listens any more: this client is done.
+            kit::Outcome::Failed("connect") => break,
+            kit::Outcome::Failed("truncated") => Outcome::Truncated,
+            kit::Outcome::Failed("timeout") => Outcome::TimedOut,
+            // Closed before any byte of an answer, or the request could not be written.
+            kit::Outcome::Failed(_) => Outcome::Lost,
         };
         sent.push(Sent { rid, outcome });
         n += 1;
@@ -175,36 +159,6 @@ fn scan(path: &Path) -> (Vec<Value>, Vec<String>) {
     (records, torn)
 }
 
-/// How many event records carry each id.
-fn event_counts(records: &[Value]) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for r in records.iter().filter(|r| r["msg"] == "event") {
-        *counts
-            .entry(r["id"].as_str().unwrap_or_default().to_string())
-            .or_default() += 1;
-    }
-    counts
-}
-
-/// Every acknowledged id is logged exactly once, and no id is logged twice.
-fn assert_exactly_once(acked: &[String], counts: &HashMap<String, usize>) {
-    let missing: Vec<&String> = acked
-        .iter()
-        .filter(|id| !counts.contains_key(*id))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} acknowledged events are not in the log: {:?}",
-        missing.len(),
-        &missing[..missing.len().min(5)]
-    );
-    let doubled: Vec<(&String, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        doubled.is_empty(),
-        "events logged more than once: {doubled:?}"
-    );
-}
-
 /// Event data sizes: mostly small, every 8th up to 12 KiB, so group commits reach many pages.
 fn mixed_pad(c: usize, n: usize) -> usize {
     if (c + n) % 8 == 0 {
@@ -247,7 +201,7 @@ async fn kill_9_under_load_loses_no_acknowledged_event() {
     assert_eq!(api.wait_exit(HANG), Some(0));
 
     let (records, torn) = scan(&log);
-    let counts = event_counts(&records);
+    let counts = support::event_counts(&records, "id");
     let found_acked = acked.iter().filter(|id| counts.contains_key(*id)).count();
     eprintln!(
         "kill -9: 8 kills, {sent_total} events sent, {} acknowledged, {found_acked} of them in the \
@@ -265,7 +219,7 @@ async fn kill_9_under_load_loses_no_acknowledged_event() {
         !torn.iter().any(|t| t.starts_with("(the file")),
         "the restart closes a torn line: {torn:?}"
     );
-    assert_exactly_once(&acked, &counts);
+    support::assert_exactly_once(&acked, &counts);
     assert!(records.iter().any(|r| r["type"] == "after.restart"));
 }
 
@@ -372,8 +326,8 @@ async fn sigterm_under_load_completes_accepted_requests_and_flushes() {
     );
     let mut acked = acked_ids(&sent);
     acked.extend(slow_acked);
-    let counts = event_counts(&records);
-    assert_exactly_once(&acked, &counts);
+    let counts = support::event_counts(&records, "id");
+    support::assert_exactly_once(&acked, &counts);
     let acked_set: HashSet<&String> = acked.iter().collect();
     let unanswered_events: Vec<&String> =
         counts.keys().filter(|id| !acked_set.contains(id)).collect();
@@ -538,8 +492,8 @@ async fn a_full_disk_answers_503_and_recovers_when_space_returns() {
 
     let (records, torn) = scan(&log);
     assert!(torn.is_empty(), "torn lines on a full disk: {torn:?}");
-    let counts = event_counts(&records);
-    assert_exactly_once(&acked, &counts);
+    let counts = support::event_counts(&records, "id");
+    support::assert_exactly_once(&acked, &counts);
     assert_eq!(
         counts.len(),
         acked.len(),
@@ -786,8 +740,8 @@ async fn rotation_under_load_loses_no_record() {
         all.extend(records);
     }
     let acked = acked_ids(&sent);
-    let counts = event_counts(&all);
-    assert_exactly_once(&acked, &counts);
+    let counts = support::event_counts(&all, "id");
+    support::assert_exactly_once(&acked, &counts);
     assert_eq!(counts.len(), acked.len());
     let mut access: HashMap<&str, usize> = HashMap::new();
     for r in all.iter().filter(|r| r["msg"] == "access") {
@@ -885,7 +839,7 @@ async fn four_processes_append_100k_records_without_a_torn_line() {
         }) && r["type"] == format!("append.p{}", d["p"]);
         damaged += usize::from(!ok);
     }
-    let counts = event_counts(&records);
+    let counts = support::event_counts(&records, "id");
     eprintln!(
         "append: {PROCS} processes, {} records ({} events) in {load_time:?}, {} torn, {damaged} damaged",
         records.len(),
@@ -894,7 +848,7 @@ async fn four_processes_append_100k_records_without_a_torn_line() {
     );
     assert_eq!(damaged, 0, "event records with altered data");
     assert!(records.len() >= 100_000, "only {} records", records.len());
-    assert_exactly_once(&acked, &counts);
+    support::assert_exactly_once(&acked, &counts);
     assert_eq!(counts.len(), acked.len());
 }
 
@@ -1148,5 +1102,5 @@ async fn a_deleted_log_comes_back_on_sighup_and_a_sighup_storm_leaks_nothing() {
     assert!(torn.is_empty(), "{torn:?}");
     assert!(records.iter().any(|r| r["type"] == "after.rm"));
     assert!(!records.iter().any(|r| r["type"] == "before.rm"));
-    assert_exactly_once(&acked_ids(&sent), &event_counts(&records));
+    support::assert_exactly_once(&acked_ids(&sent), &support::event_counts(&records, "id"));
 }

@@ -1,7 +1,10 @@
 //! The HTTP/1.1 client every test uses, over raw sockets so that tests control every byte
 //! and see exactly what the server sends: a connection that keeps what it has read beyond one
-//! response (so pipelined answers are not lost), and one-shot requests on a new connection.
+//! response (so pipelined answers are not lost), one-shot requests on a new connection, and a
+//! keep-alive client for load that tells every way a request can fail apart instead of
+//! panicking.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -292,4 +295,129 @@ pub async fn send_raw(addr: SocketAddr, bytes: &[u8]) -> Option<Resp> {
     // The server may answer and close before taking all of a refused body.
     let _ = conn.io.write_all(bytes).await;
     conn.next(HANG).await.response()
+}
+
+/// How one request of a [`Client`] ended, as the client sees it.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A whole answer: status, whether the server closes the connection after it, body.
+    Answered {
+        status: u16,
+        close: bool,
+        body: Vec<u8>,
+    },
+    /// No whole answer: what went wrong ("connect", "reset", "closed", "truncated",
+    /// "timeout").
+    Failed(&'static str),
+}
+
+/// An HTTP/1.1 client on one connection at a time: it reuses the connection (keep-alive)
+/// unless told to close or the server said `Connection: close`, and reconnects lazily.
+pub struct Client {
+    addr: SocketAddr,
+    keep_alive: bool,
+    /// Longest one request may take, connecting included, before it counts as failed.
+    limit: Duration,
+    conn: Option<Conn<TcpStream>>,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr, keep_alive: bool, limit: Duration) -> Client {
+        Client {
+            addr,
+            keep_alive,
+            limit,
+            conn: None,
+        }
+    }
+
+    /// Sends one request to `path` (a GET, or with a JSON body a POST) and reads its answer.
+    pub async fn send(&mut self, path: &str, json: Option<&str>) -> Outcome {
+        let close = if self.keep_alive {
+            ""
+        } else {
+            "Connection: close\r\n"
+        };
+        let request = match json {
+            None => format!("GET {path} HTTP/1.1\r\nHost: race\r\n{close}\r\n"),
+            Some(body) => format!(
+                "POST {path} HTTP/1.1\r\nHost: race\r\n{close}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        };
+        self.send_raw(request.as_bytes()).await
+    }
+
+    /// Sends `request` as it is (any `Connection: close` is the caller's to write) and reads
+    /// its answer.
+    pub async fn send_raw(&mut self, request: &[u8]) -> Outcome {
+        let outcome = match tokio::time::timeout(self.limit, self.exchange(request)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Outcome::Failed("timeout"),
+        };
+        if !matches!(outcome, Outcome::Answered { close: false, .. }) || !self.keep_alive {
+            self.conn = None;
+        }
+        outcome
+    }
+
+    async fn exchange(&mut self, request: &[u8]) -> Outcome {
+        if self.conn.is_none() {
+            match Conn::open(self.addr).await {
+                Ok(c) => self.conn = Some(c),
+                Err(_) => return Outcome::Failed("connect"),
+            }
+        }
+        let conn = self.conn.as_mut().expect("connected above");
+        if conn.io.write_all(request).await.is_err() {
+            return Outcome::Failed("reset");
+        }
+        read_answer(conn, self.limit).await
+    }
+}
+
+/// The outcome of the next answer on `conn` within `limit`, read with the tests' one HTTP
+/// reader.
+pub async fn read_answer(conn: &mut Conn<TcpStream>, limit: Duration) -> Outcome {
+    match conn.next(limit).await {
+        Next::Response(r) => Outcome::Answered {
+            status: r.status,
+            close: r
+                .header("connection")
+                .is_some_and(|v| v.eq_ignore_ascii_case("close")),
+            body: r.body,
+        },
+        Next::Closed => Outcome::Failed("closed"),
+        Next::Truncated => Outcome::Failed("truncated"),
+        Next::TimedOut => Outcome::Failed("timeout"),
+    }
+}
+
+/// A slowloris on `stream`: every `every` it writes the next of `bytes` (nothing once they run
+/// out, or if there are none), reading and ignoring whatever the server sends (a 408, say),
+/// until the server closes the connection (true) or `stop` completes (false).
+pub async fn trickle(
+    stream: &mut TcpStream,
+    every: Duration,
+    mut bytes: impl Iterator<Item = u8>,
+    stop: impl Future<Output = ()>,
+) -> bool {
+    tokio::pin!(stop);
+    let mut buf = [0u8; 1024];
+    loop {
+        tokio::select! {
+            read = stream.read(&mut buf) => match read {
+                Ok(n) if n > 0 => {}
+                _ => return true,
+            },
+            () = tokio::time::sleep(every) => {
+                if let Some(byte) = bytes.next() {
+                    if stream.write_all(&[byte]).await.is_err() {
+                        return true;
+                    }
+                }
+            }
+            () = &mut stop => return false,
+        }
+    }
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -22,21 +22,16 @@ async fn loris(addr: SocketAddr, mut stop: watch::Receiver<()>) -> bool {
         .await
         .expect("the backlog takes it");
     let head = b"GET /health HTTP/1.1\r\nHost: t\r\nX-Slow: y";
-    let mut buf = [0u8; 1024];
-    for i in 0.. {
-        if stream.write_all(&[head[i % head.len()]]).await.is_err() {
-            return true;
-        }
-        tokio::select! {
-            read = stream.read(&mut buf) => match read {
-                Ok(n) if n > 0 => {}
-                _ => return true,
-            },
-            () = tokio::time::sleep(Duration::from_millis(100)) => {}
-            _ = stop.changed() => return false,
-        }
+    let mut bytes = head.iter().copied().cycle();
+    // The first byte at once, the rest one per period.
+    let first = bytes.next().expect("the head has bytes");
+    if stream.write_all(&[first]).await.is_err() {
+        return true;
     }
-    unreachable!()
+    let stop = async move {
+        let _ = stop.changed().await;
+    };
+    kit::trickle(&mut stream, Duration::from_millis(100), bytes, stop).await
 }
 
 /// Twice MAX_CONNECTIONS=32 held by idle keep-alive and slowloris connections: a new client's

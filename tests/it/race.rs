@@ -1,8 +1,7 @@
 //! The Kubernetes race without Kubernetes: replicas behind a round-robin TCP forwarder that,
 //! like the endpoints controller and kube-proxy, stops sending a replica new connections only
 //! a while after that replica got SIGTERM, and never retries. The replicas are restarted one
-//! by one under GET and POST load. Also the small keep-alive HTTP client the load uses, which
-//! tells every way a request can fail apart instead of panicking.
+//! by one under GET and POST load.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,99 +10,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::kit::{Conn, Next};
+use crate::kit::{Client, Outcome};
 use crate::support::*;
 
 /// Longest one request may take before the load counts it as failed.
-const REQUEST_LIMIT: Duration = Duration::from_secs(5);
-
-/// How one request ended, as a client sees it.
-#[derive(Debug)]
-pub enum Outcome {
-    /// A whole answer: status, whether the server closes the connection after it, body.
-    Answered {
-        status: u16,
-        close: bool,
-        body: Vec<u8>,
-    },
-    /// No whole answer: what went wrong ("connect", "closed", "reset", "timeout").
-    Failed(&'static str),
-}
-
-/// An HTTP/1.1 client on one connection at a time: it reuses the connection (keep-alive)
-/// unless told to close or the server said `Connection: close`, and reconnects lazily.
-pub struct Client {
-    addr: SocketAddr,
-    keep_alive: bool,
-    conn: Option<Conn<TcpStream>>,
-}
-
-impl Client {
-    pub fn new(addr: SocketAddr, keep_alive: bool) -> Client {
-        Client {
-            addr,
-            keep_alive,
-            conn: None,
-        }
-    }
-
-    /// Sends one request to `path` (a GET, or with a JSON body a POST) and reads its answer.
-    pub async fn send(&mut self, path: &str, json: Option<&str>) -> Outcome {
-        let close = if self.keep_alive {
-            ""
-        } else {
-            "Connection: close\r\n"
-        };
-        let request = match json {
-            None => format!("GET {path} HTTP/1.1\r\nHost: race\r\n{close}\r\n"),
-            Some(body) => format!(
-                "POST {path} HTTP/1.1\r\nHost: race\r\n{close}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            ),
-        };
-        let outcome = match tokio::time::timeout(REQUEST_LIMIT, self.exchange(&request)).await {
-            Ok(outcome) => outcome,
-            Err(_) => Outcome::Failed("timeout"),
-        };
-        if !matches!(outcome, Outcome::Answered { close: false, .. }) || !self.keep_alive {
-            self.conn = None;
-        }
-        outcome
-    }
-
-    async fn exchange(&mut self, request: &str) -> Outcome {
-        if self.conn.is_none() {
-            match TcpStream::connect(self.addr).await {
-                Ok(s) => self.conn = Some(Conn::new(s)),
-                Err(_) => return Outcome::Failed("connect"),
-            }
-        }
-        let conn = self.conn.as_mut().expect("connected above");
-        if conn.io.write_all(request.as_bytes()).await.is_err() {
-            return Outcome::Failed("reset");
-        }
-        read_answer(conn).await
-    }
-}
-
-/// The outcome of the next answer on `conn`, read with the tests' one HTTP reader.
-pub async fn read_answer(conn: &mut Conn<TcpStream>) -> Outcome {
-    match conn.next(REQUEST_LIMIT).await {
-        Next::Response(r) => Outcome::Answered {
-            status: r.status,
-            close: r
-                .header("connection")
-                .is_some_and(|v| v.eq_ignore_ascii_case("close")),
-            body: r.body,
-        },
-        Next::Closed => Outcome::Failed("closed"),
-        Next::Truncated => Outcome::Failed("truncated"),
-        Next::TimedOut => Outcome::Failed("timeout"),
-    }
-}
+pub const REQUEST_LIMIT: Duration = Duration::from_secs(5);
 
 /// The backends a forwarder sends new connections to, in turn.
 #[derive(Default)]
@@ -172,7 +85,7 @@ async fn load(
     stop: Arc<AtomicBool>,
     t: Arc<Tally>,
 ) {
-    let mut client = Client::new(addr, keep_alive);
+    let mut client = Client::new(addr, keep_alive, REQUEST_LIMIT);
     while !stop.load(Ordering::Relaxed) && t.requests.fetch_add(1, Ordering::Relaxed) < MAX_REQUESTS
     {
         let outcome = if post {
@@ -219,7 +132,7 @@ struct Figures {
     failures: HashMap<String, u64>,
     acknowledged: Vec<String>,
     /// How many times each event id appears in the replicas' log files.
-    logged: HashMap<String, u64>,
+    logged: HashMap<String, usize>,
 }
 
 /// Runs `REPLICAS` replicas behind the forwarder under load and restarts each in turn the way a
@@ -286,15 +199,10 @@ fn rolling_restart(drain_delay: &str) -> Figures {
         );
     }
 
-    let mut logged = HashMap::new();
-    for slot in 0..REPLICAS {
-        for rec in read_records(&dir.0.join(format!("logs/api-{slot}.log"))) {
-            if rec["msg"] == "event" {
-                let id = rec["id"].as_str().expect("events have ids").to_string();
-                *logged.entry(id).or_default() += 1;
-            }
-        }
-    }
+    let records: Vec<serde_json::Value> = (0..REPLICAS)
+        .flat_map(|slot| read_records(&dir.0.join(format!("logs/api-{slot}.log"))))
+        .collect();
+    let logged = event_counts(&records, "id");
     let figures = Figures {
         requests: tally.requests.load(Ordering::Relaxed).min(MAX_REQUESTS),
         failed: tally.failed(),
@@ -316,10 +224,7 @@ fn rolling_restart(drain_delay: &str) -> Figures {
 /// Every acknowledged event is in the logs exactly once, and no event is logged twice.
 fn assert_events_exactly_once(f: &Figures) {
     assert!(!f.acknowledged.is_empty(), "the load posted events");
-    for id in &f.acknowledged {
-        assert_eq!(f.logged.get(id), Some(&1), "event {id} in the logs");
-    }
-    assert!(f.logged.values().all(|&n| n == 1), "an event logged twice");
+    assert_exactly_once(&f.acknowledged, &f.logged);
 }
 
 /// With DRAIN_DELAY=0 the rolling restart fails requests: the test can see the race.

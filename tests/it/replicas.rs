@@ -5,8 +5,8 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::kit::{Conn, HANG, Resp, get, post_event, request};
-use crate::race::{Client, Outcome, read_answer};
+use crate::kit::{Client, Conn, HANG, Outcome, Resp, get, post_event, read_answer, request};
+use crate::race::REQUEST_LIMIT;
 use crate::support::*;
 
 /// The binary with `HOST` unset (the default dual-stack listener), logging to `dir/logs/api.log`.
@@ -54,7 +54,10 @@ async fn drain_delay_serves_on_with_connection_close() {
         .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         .await
         .unwrap();
-    assert_eq!(status_and_close(read_answer(&mut kept).await), (200, false));
+    assert_eq!(
+        status_and_close(read_answer(&mut kept, REQUEST_LIMIT).await),
+        (200, false)
+    );
 
     srv.trigger.request();
     let health = draining_health(srv.addr).await.expect("/health turns 503");
@@ -62,7 +65,7 @@ async fn drain_delay_serves_on_with_connection_close() {
     assert_eq!(health.header("connection"), Some("close"));
 
     // Liveness, on new keep-alive connections: the listener is open and answers normally.
-    let mut client = Client::new(srv.addr, true);
+    let mut client = Client::new(srv.addr, true, REQUEST_LIMIT);
     assert_eq!(status_and_close(client.send("/", None).await), (200, true));
     let posted = client.send("/events", Some(r#"{"type":"late"}"#)).await;
     assert_eq!(status_and_close(posted), (201, true));
@@ -72,7 +75,10 @@ async fn drain_delay_serves_on_with_connection_close() {
         .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         .await
         .unwrap();
-    assert_eq!(status_and_close(read_answer(&mut kept).await), (200, true));
+    assert_eq!(
+        status_and_close(read_answer(&mut kept, REQUEST_LIMIT).await),
+        (200, true)
+    );
     let after = tokio::time::timeout(HANG, kept.io.read(&mut [0u8; 1]))
         .await
         .expect("the server closes the connection after its answer");

@@ -2,6 +2,7 @@
 //! with its own log file, the `api` binary as a child process, its log records, and what
 //! `/proc` says about it. Requests go through [`crate::kit`].
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -109,6 +110,39 @@ pub fn read_records(path: &Path) -> Vec<Value> {
     text.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("invalid log line {l:?}: {e}")))
         .collect()
+}
+
+/// How many event records carry each value of `key` (`"id"`, or `"request_id"` where the
+/// client chose the ids); an event record without it fails the test.
+pub fn event_counts(records: &[Value], key: &str) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for r in records.iter().filter(|r| r["msg"] == "event") {
+        let id = r[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("an event record without {key}: {r}"));
+        *counts.entry(id.to_string()).or_default() += 1;
+    }
+    counts
+}
+
+/// Every acknowledged id is logged (at least once), and no id is logged twice: together,
+/// each acknowledged event is in the log exactly once. Names the ids that break either.
+pub fn assert_exactly_once(acked: &[String], counts: &HashMap<String, usize>) {
+    let missing: Vec<&String> = acked
+        .iter()
+        .filter(|id| !counts.contains_key(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged events are not in the log: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let doubled: Vec<(&String, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        doubled.is_empty(),
+        "events logged more than once: {doubled:?}"
+    );
 }
 
 /// Polls `cond` every 10 ms for up to `limit`; true if it held.
