@@ -334,8 +334,8 @@ async fn event_sync_data_writes_then_syncs_then_answers() {
     }
 }
 
-/// kill -9 under load with `EVENT_SYNC=data`: every event that got a 201 is in the log once
-/// and no line is torn (the `none` case is crash.rs's kill -9 test).
+/// kill -9 under load with `EVENT_SYNC=data`: every event that got a 201 is in the log once,
+/// and a kill tears at most the line it cut short (the `none` case is crash.rs's kill -9 test).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_with_event_sync_data_loses_no_acknowledged_event() {
     let dir = TempDir::new();

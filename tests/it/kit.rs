@@ -339,9 +339,9 @@ impl Client {
             "Connection: close\r\n"
         };
         let request = match json {
-            None => format!("GET {path} HTTP/1.1\r\nHost: race\r\n{close}\r\n"),
+            None => format!("GET {path} HTTP/1.1\r\nHost: test\r\n{close}\r\n"),
             Some(body) => format!(
-                "POST {path} HTTP/1.1\r\nHost: race\r\n{close}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                "POST {path} HTTP/1.1\r\nHost: test\r\n{close}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
             ),
         };
