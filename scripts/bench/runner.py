@@ -192,43 +192,43 @@ def print_run(r):
               f" FAILED: {'; '.join(r['checks'])}", flush=True)
 
 
-def pinned_rounds(variants, workloads, args):
-    """Interleaved rounds: server on CPU 0 with one worker, wrk on CPU 1."""
+def interleaved(variants, workloads, args, section, label, count, include,
+                **how):
+    """`count` rounds, each measuring every workload on every variant that
+    `include` admits (POST /events only on the api), set up as `how` says
+    (measure's pinned, workers, wrk_threads)."""
     runs = []
-    for rnd in range(1, args.rounds + 1):
-        print(f"pinned round {rnd}/{args.rounds}", flush=True)
+    for rnd in range(1, count + 1):
+        print(f"{label} round {rnd}/{count}", flush=True)
         for w in workloads:
             for v in variants:
-                if w == "events" and v["kind"] != "api":
+                if (w == "events" and v["kind"] != "api") or not include(v):
                     continue
-                r = measure(v, w, args, pinned=True, workers=1,
-                            wrk_threads=1)
-                r.update(section="pinned", round=rnd)
+                r = measure(v, w, args, **how)
+                r.update(section=section, round=rnd)
                 runs.append(r)
                 print_run(r)
     return runs
+
+
+def pinned_rounds(variants, workloads, args):
+    """Interleaved rounds: server on CPU 0 with one worker, wrk on CPU 1."""
+    return interleaved(variants, workloads, args, "pinned", "pinned",
+                       args.rounds, lambda v: True,
+                       pinned=True, workers=1, wrk_threads=1)
 
 
 def scaling_rounds(variants, workloads, args):
     """Unpinned rounds: server and wrk share both cores."""
-    runs = []
     os.sched_setaffinity(0, all_cpus())
-    for rnd in range(1, args.scale_rounds + 1):
-        print(f"2-core round {rnd}/{args.scale_rounds}", flush=True)
-        for w in workloads:
-            for v in variants:
-                if w == "events" and v["kind"] != "api":
-                    continue
-                if v["name"] in NOT_DEFAULT:
-                    continue
-                r = measure(v, w, args, pinned=False,
-                            workers=args.scale_workers,
-                            wrk_threads=args.scale_wrk_threads)
-                r.update(section="scaling", round=rnd)
-                runs.append(r)
-                print_run(r)
-    os.sched_setaffinity(0, {CLIENT_CPU})
-    return runs
+    try:
+        return interleaved(variants, workloads, args, "scaling", "2-core",
+                           args.scale_rounds,
+                           lambda v: v["name"] not in NOT_DEFAULT,
+                           pinned=False, workers=args.scale_workers,
+                           wrk_threads=args.scale_wrk_threads)
+    finally:
+        os.sched_setaffinity(0, {CLIENT_CPU})
 
 
 def idle_connection_runs(variants, conn_steps, args):
