@@ -191,12 +191,8 @@ impl Drain {
         let mut closing = false;
         std::future::poll_fn(|cx| {
             if !closing {
-                closing = if waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    self.started.load(Ordering::Acquire)
-                } else {
-                    waker = Some(cx.waker().clone());
-                    notified.as_mut().poll(cx).is_ready() || self.started.load(Ordering::Acquire)
-                };
+                closing = (new_waker(&mut waker, cx) && notified.as_mut().poll(cx).is_ready())
+                    || self.started.load(Ordering::Acquire);
                 if closing {
                     conn.as_mut().graceful_shutdown();
                 }
@@ -205,6 +201,16 @@ impl Drain {
         })
         .await
     }
+}
+
+/// Keeps the task's waker in `slot`; true if it is new there (a first poll, or the task is
+/// woken another way now), so whatever was registered with the old one must register again.
+fn new_waker(slot: &mut Option<Waker>, cx: &Context<'_>) -> bool {
+    if slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        return false;
+    }
+    *slot = Some(cx.waker().clone());
+    true
 }
 
 fn head_timed_out() -> io::Error {
@@ -316,10 +322,8 @@ impl Guarded {
     /// new and silent) or for the rest of a head. The waker goes first, so an eviction that
     /// sees the state also finds the waker.
     fn park(&mut self, cx: &Context<'_>, started: u32) {
-        if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            let w = cx.waker().clone();
-            *crate::lock(&self.activity.waker) = Some(w.clone());
-            self.waker = Some(w);
+        if new_waker(&mut self.waker, cx) {
+            *crate::lock(&self.activity.waker) = self.waker.clone();
         }
         if self.head.as_ref().is_some_and(|h| h.after != started) {
             self.head = None; // the timed head arrived
@@ -369,15 +373,8 @@ impl Guarded {
     /// Called when a read found nothing and no request is in progress: about to wait for a
     /// request, so the drain's wake-up must reach this task. Whether the drain has begun.
     fn drain_notified(&mut self, cx: &mut Context<'_>) -> bool {
-        if self
-            .drain_waker
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-        {
-            return false; // registered with this waker: a drain since would have woken it
-        }
-        self.drain_waker = Some(cx.waker().clone());
-        self.drain_notified.as_mut().poll(cx).is_ready()
+        // Registered with this waker already, a drain since would have woken the task.
+        new_waker(&mut self.drain_waker, cx) && self.drain_notified.as_mut().poll(cx).is_ready()
     }
 
     /// Called when a read found nothing: whether the connection has been idle (no request in
@@ -385,17 +382,10 @@ impl Guarded {
     /// wake this task when it could have been; a request or head in progress (`active`)
     /// pushes that a whole `idle_timeout` on.
     fn idle_expired(&mut self, cx: &mut Context<'_>, active: bool) -> bool {
-        let same_waker = self
-            .idle_waker
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()));
-        if same_waker && !self.idle_deadline.is_elapsed() {
+        if !new_waker(&mut self.idle_waker, cx) && !self.idle_deadline.is_elapsed() {
             // Registered with this waker, it wakes the task when it fires; polled before that,
             // on the read that finds nothing after every answer, it only says it has not.
             return false;
-        }
-        if !same_waker {
-            self.idle_waker = Some(cx.waker().clone());
         }
         while self.idle_deadline.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
