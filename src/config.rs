@@ -61,6 +61,16 @@ pub enum EventSync {
     Data,
 }
 
+impl EventSync {
+    /// The mode's name, as `EVENT_SYNC` takes it and the startup record shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventSync::None => "none",
+            EventSync::Data => "data",
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Config {
         let env = |_: &str| None;
@@ -298,11 +308,10 @@ where
             parse_level,
         )?,
         event_sync: typed(get("--event-sync"), "none or data", |s| {
-            match s.to_ascii_lowercase().as_str() {
-                "none" => Ok(EventSync::None),
-                "data" => Ok(EventSync::Data),
-                _ => Err(()),
-            }
+            [EventSync::None, EventSync::Data]
+                .into_iter()
+                .find(|mode| s.eq_ignore_ascii_case(mode.as_str()))
+                .ok_or(())
         })?,
         max_body_bytes: typed(get("--max-body-bytes"), "a byte count >= 1", positive)?,
         max_header_bytes: typed(

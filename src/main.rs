@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use api::config::{self, Command, Config, EventSync};
+use api::config::{self, Command, Config};
 use api::logging::{self, Sink};
 use api::routes::App;
 use api::{health, prepare, server, shutdown};
@@ -98,10 +98,7 @@ fn serve(cfg: Config) -> ExitCode {
             max_body_bytes = cfg.max_body_bytes as u64,
             grace_ms = cfg.grace.as_millis() as u64,
             drain_delay_ms = cfg.drain_delay.as_millis() as u64,
-            event_sync = match cfg.event_sync {
-                EventSync::None => "none",
-                EventSync::Data => "data",
-            };
+            event_sync = cfg.event_sync.as_str();
             "listening"
         );
         api::run(listener, Arc::new(App::new(cfg, sink.clone())), shutdown).await
