@@ -29,9 +29,9 @@
 //! as before, and clients doing work keep their slots throughout.
 //!
 //! This is eviction rather than timeouts scaled by load (Envoy's overload manager) or a queue
-//! (HAProxy; nginx reuses idle connections, then refuses): scaled timeouts still make a new client wait for some timeout to run out
-//! and close connections that would have stayed within it, and a queue keeps the slots with
-//! whoever holds them. Eviction needs no timer and touches nothing until the cap is reached;
+//! (HAProxy; nginx reuses idle connections, then refuses): scaled timeouts still make a new
+//! client wait for some timeout to run out and close connections that would have stayed within
+//! it, and a queue keeps the slots with whoever holds them. Eviction needs no timer and touches nothing until the cap is reached;
 //! the timeouts stay as configured.
 
 use std::sync::atomic::{AtomicBool, Ordering};
