@@ -1,8 +1,8 @@
 //! [`App`], the state every connection of one server shares: the configuration, the log
-//! sink, the id generator, the counters `GET /` reports, and whether the server is draining.
+//! sink, the id generator, the counters `GET /` reports, and how far a shutdown has gone.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
@@ -10,12 +10,13 @@ use time::OffsetDateTime;
 use crate::config::{self, Config};
 use crate::ids::IdGen;
 use crate::logging::Sink;
+use crate::shutdown::Phases;
 
 /// State shared by every connection of one server.
 pub struct App {
-    pub cfg: Config,
-    pub sink: Sink,
-    pub ids: IdGen,
+    pub(crate) cfg: Config,
+    pub(crate) sink: Sink,
+    pub(crate) ids: IdGen,
     pub(crate) hostname: &'static str,
     pub(crate) started_at: OffsetDateTime,
     pub(crate) started: Instant,
@@ -23,9 +24,9 @@ pub struct App {
     pub(crate) requests: AtomicU64,
     /// Events acknowledged with a 201, for `GET /`.
     pub(crate) events: AtomicU64,
-    /// Set at the first shutdown request: `/health` answers 503 and answers close their
-    /// connection, so load balancers and keep-alive clients move to other replicas.
-    draining: AtomicBool,
+    /// How far a shutdown has gone: from its first request on, `/health` answers 503 and
+    /// answers close their connection, so load balancers and keep-alive clients move on.
+    pub(crate) phases: Phases,
     /// What happened at the connection cap, for `GET /` and the log.
     pub(crate) cap: CapCounters,
 }
@@ -87,6 +88,7 @@ impl CapCounters {
 }
 
 impl App {
+    /// The state of a server configured by `cfg` that logs to `sink`.
     pub fn new(cfg: Config, sink: Sink) -> App {
         App {
             cfg,
@@ -97,19 +99,8 @@ impl App {
             started: Instant::now(),
             requests: AtomicU64::new(0),
             events: AtomicU64::new(0),
-            draining: AtomicBool::new(false),
+            phases: Phases::default(),
             cap: CapCounters::default(),
         }
-    }
-
-    /// Marks the server as draining (see [`App::draining`]); there is no way back.
-    pub(crate) fn start_draining(&self) {
-        self.draining.store(true, Ordering::Relaxed);
-    }
-
-    /// Whether shutdown has been requested. Relaxed: an answer racing the request may go
-    /// either way, and nothing else is published through this flag.
-    pub(crate) fn draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
     }
 }

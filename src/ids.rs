@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Hands out ids; one per process (or per server in tests).
-pub struct IdGen {
+pub(crate) struct IdGen {
     node: u64,
     seq: AtomicU32,
     /// A monotonic instant and the Unix milliseconds read right after it.
@@ -23,7 +23,7 @@ pub struct IdGen {
 }
 
 impl IdGen {
-    pub fn new() -> IdGen {
+    pub(crate) fn new() -> IdGen {
         let seed = random_u64();
         let origin = Instant::now();
         let ms = SystemTime::now()
@@ -37,44 +37,33 @@ impl IdGen {
     }
 
     /// A new id for something that happened at `at`, e.g. `019ac1f2e3a47c1d9b0e55aa0000002a`.
-    pub fn next(&self, at: Instant) -> Id {
+    pub(crate) fn next(&self, at: Instant) -> Id {
         let (origin, origin_ms) = self.origin;
         let ms = origin_ms + at.saturating_duration_since(origin).as_millis() as u64;
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let value =
             u128::from(ms & 0xffff_ffff_ffff) << 80 | u128::from(self.node) << 32 | u128::from(seq);
-        // Two digits per byte from a table, into a fixed array: this runs once per request,
-        // and building a String a char at a time costs an allocation and a call per digit.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut hex = [0; 32];
         for (pair, byte) in hex.chunks_exact_mut(2).zip(value.to_be_bytes()) {
-            pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0xf)];
         }
         Id(hex)
     }
 }
 
-/// Every byte's two lowercase hex digits.
-const HEX_PAIRS: [[u8; 2]; 256] = {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut table = [[0; 2]; 256];
-    let mut i = 0;
-    while i < 256 {
-        table[i] = [HEX[i >> 4], HEX[i & 0xf]];
-        i += 1;
-    }
-    table
-};
-
 /// One id: 32 lowercase hex digits, kept inline (no allocation).
 #[derive(PartialEq, Eq, Hash)]
-pub struct Id([u8; 32]);
+pub(crate) struct Id([u8; 32]);
 
 impl Id {
-    pub fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.0
     }
 
-    pub fn as_str(&self) -> &str {
+    #[cfg(test)]
+    fn as_str(&self) -> &str {
         std::str::from_utf8(&self.0).expect("an id is hex digits")
     }
 }
@@ -84,16 +73,16 @@ impl Id {
 /// none of which JSON escapes: the type is the proof, so the access record of every request
 /// copies the id without looking at it again.
 #[derive(Clone, Copy)]
-pub struct RequestId<'a>(&'a [u8]);
+pub(crate) struct RequestId<'a>(&'a [u8]);
 
 impl<'a> RequestId<'a> {
     /// A client-supplied id, if it is 1-128 characters of `A-Z a-z 0-9 - _ . : / + = @`.
-    pub fn given(v: &'a [u8]) -> Option<RequestId<'a>> {
+    pub(crate) fn given(v: &'a [u8]) -> Option<RequestId<'a>> {
         let safe = |b: &u8| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(b);
         ((1..=128).contains(&v.len()) && v.iter().all(safe)).then_some(RequestId(v))
     }
 
-    pub fn as_bytes(&self) -> &'a [u8] {
+    pub(crate) fn as_bytes(&self) -> &'a [u8] {
         self.0
     }
 }

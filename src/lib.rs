@@ -4,46 +4,43 @@
 //!
 //! # Layout
 //!
-//! A request flows down this list, and no module uses one above it (`main.rs` uses them all).
+//! In the order a request meets them; a module uses only those below it (`main.rs` wires
+//! the top ones together).
 //!
-//! - [`server`]: the listener (dual-stack by default), the accept loop, the connection cap and
-//!   the graceful shutdown; `server::drain` keeps serving for the drain delay,
-//!   `server::admission` decides who gets a slot at the cap (evicting idle and slow
-//!   connections), and `server::conn` wraps each socket with the header, idle and write
-//!   timeouts.
-//! - [`shutdown`]: SIGTERM/SIGINT into a shutdown request, SIGHUP into a log reopen.
-//! - [`routes`]: the router and the per-request envelope (request id, head checks, client
-//!   address, access record).
-//! - [`events`]: `POST /events`, the bounded body reader and the event record.
-//! - [`health`]: `/health` (readiness), and the `--healthcheck` probe.
-//! - [`app`]: the state connections share (configuration, sink, ids, counters, draining).
-//! - [`error`], [`body`]: HTTP errors as JSON answers, and the response body type.
-//! - [`logging`]: the log file's sink (buffered access records, durable event records, the
-//!   writer thread) and the fern logger for diagnostics.
-//! - [`rawjson`]: the JSON scanner for request bodies (checks, minifies, refuses duplicate
-//!   keys; never re-encodes).
-//! - [`json`]: the one JSON writer (escaping, numbers, timestamps, log lines).
-//! - [`ids`]: request and event identifiers.
-//! - [`config`]: settings from environment variables and flags, and their validation; the
-//!   hostname that names this replica.
-//! - [`prepare`]: `--prepare-logs`, run as root before the service starts.
+//! - [`server`]: the listener, the accept loop, admission at the connection cap (evicting
+//!   idle and slow connections), each connection's guarded socket, and the shutdown phases.
+//! - `http`: the one router (`match` over method and path) and a file per handler (`info`,
+//!   `health`, `events`), the envelope every request passes through (request id, head checks,
+//!   client address, access record), errors as JSON answers, and bodies.
+//! - [`App`]: the state every connection shares (settings, log sink, ids, counters, the
+//!   shutdown phase).
+//! - [`shutdown`]: shutdown requests and the one state of its phases; `signals` turns
+//!   SIGTERM/SIGINT into requests and SIGHUP into a log reopen.
+//! - [`logging`]: the log file's sink (writer thread, group commit), the file, the access and
+//!   event record formats, the JSON writer, and fern for diagnostics.
+//! - `rawjson`: the request body scanner (checks, minifies, refuses duplicate keys; never
+//!   re-encodes).
+//! - `ids`: request and event identifiers.
+//! - [`config`]: settings from the environment and flags, their parsing and validation.
+//! - `healthcheck` and `prepare`: the one-shot commands `--healthcheck` and `--prepare-logs`.
 
-pub mod app;
-pub mod body;
+mod app;
 pub mod config;
-pub mod error;
-pub mod events;
-pub mod health;
-pub mod ids;
-pub mod json;
+mod healthcheck;
+mod http;
+mod ids;
 pub mod logging;
-pub mod prepare;
-pub mod rawjson;
-pub mod routes;
-pub mod server;
+mod prepare;
+mod rawjson;
+mod server;
 pub mod shutdown;
+mod signals;
 
-pub use server::run;
+pub use app::App;
+pub use healthcheck::probe;
+pub use prepare::prepare_dir;
+pub use server::{listen, run};
+pub use signals::listen as listen_for_signals;
 
 /// Locks `m`, ignoring poisoning: every critical section in this crate leaves its data
 /// consistent, so a panic elsewhere while holding a lock is no reason to fail here too.

@@ -6,10 +6,9 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use api::App;
 use api::config::{self, Command, Config};
 use api::logging::{self, Sink};
-use api::routes::App;
-use api::{health, prepare, server, shutdown};
 
 /// The static (musl) build's allocator: musl's own is slow per request (docs/performance.md).
 #[cfg(target_env = "musl")]
@@ -33,10 +32,8 @@ fn main() -> ExitCode {
             to_stdout(&format!("api {}\n", env!("CARGO_PKG_VERSION")));
             ExitCode::SUCCESS
         }
-        Command::Healthcheck(cfg) => report(health::probe(&cfg)),
-        Command::PrepareLogs(cfg, uid, gid) => {
-            report(prepare::prepare_dir(&cfg.log_file, uid, gid))
-        }
+        Command::Healthcheck(cfg) => report(api::probe(&cfg)),
+        Command::PrepareLogs(cfg, uid, gid) => report(api::prepare_dir(&cfg.log_file, uid, gid)),
         Command::Serve(cfg) => serve(cfg),
     }
 }
@@ -87,8 +84,8 @@ fn serve(cfg: Config) -> ExitCode {
     };
 
     let result = runtime.block_on(async {
-        let listener = server::listen(&cfg).await?;
-        let shutdown = shutdown::listen(sink.clone())?;
+        let listener = api::listen(&cfg).await?;
+        let shutdown = api::listen_for_signals(sink.clone())?;
         log::info!(
             addr:% = listener.local_addr()?,
             version = env!("CARGO_PKG_VERSION"),

@@ -1,16 +1,23 @@
-//! Termination and rotation signals. The service is PID 1 in a scratch container, where the
-//! kernel delivers no default action for SIGTERM: unless handled, `docker stop` would wait out
-//! its timeout and SIGKILL. SIGTERM and SIGINT request a graceful shutdown (a second one forces
-//! it); SIGHUP asks the log sink to reopen its file after rotation.
+//! Shutdown: how it is asked for, and the one state that says how far it has gone.
+//!
+//! It is asked for through a [`Trigger`] (the signal handlers in `signals`, or a test): the
+//! first request starts it, a second forces it. It then runs in two phases, named by
+//! [`Phase`]:
+//!
+//! 1. **Draining**, for `DRAIN_DELAY`: the listener stays open, because an orchestrator takes
+//!    a replica out of its load balancers only as it signals it (Kubernetes) or shortly before
+//!    (Swarm's DNS), and the balancers keep sending new connections for a few seconds more.
+//!    `/health` answers 503 (readiness follows it) and every answer closes its connection, so
+//!    keep-alive clients reconnect to a replica that is not going away.
+//! 2. **Closing**, for at most `GRACE`: the listener is closed, connections without a request
+//!    in progress close at once, and requests in progress finish.
 
-use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
-use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
-use crate::logging::Sink;
-
-/// Counts termination requests: the server drains on the first and gives up on the second.
+/// Counts shutdown requests: the server starts on the first and gives up on the second.
 #[derive(Clone)]
 pub struct Shutdown {
     rx: watch::Receiver<u32>,
@@ -53,28 +60,58 @@ impl Shutdown {
     }
 }
 
-/// Installs the signal handlers (inside a runtime) and returns the shutdown they drive.
-pub fn listen(sink: Sink) -> io::Result<Shutdown> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let (trigger, shutdown) = channel();
-    tokio::spawn(async move {
-        loop {
-            let name = tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
-                _ = hup.recv() => {
-                    log::info!(signal = "SIGHUP"; "reopening the log file");
-                    if sink.reopen().await.is_ok() {
-                        log::info!("log file reopened");
-                    }
-                    continue;
-                }
-            };
-            log::info!(signal = name; "shutdown requested");
-            trigger.request();
+/// How far a shutdown has gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Phase {
+    Serving = 0,
+    Draining = 1,
+    Closing = 2,
+}
+
+/// The server's [`Phase`], read by every request and connection, and the wake-up that
+/// connections waiting for a request hear when closing begins.
+#[derive(Default)]
+pub(crate) struct Phases {
+    phase: AtomicU8,
+    closing: Arc<Notify>,
+}
+
+impl Phases {
+    /// The phase now. Relaxed for draining: an answer racing the request may go either way,
+    /// and nothing else is published through it. Closing is read with acquire, paired with
+    /// [`Phases::start_closing`], by connections deciding whether to wait for a request.
+    pub(crate) fn now(&self) -> Phase {
+        match self.phase.load(Ordering::Acquire) {
+            0 => Phase::Serving,
+            1 => Phase::Draining,
+            _ => Phase::Closing,
         }
-    });
-    Ok(shutdown)
+    }
+
+    /// Whether shutdown has begun (draining or closing).
+    pub(crate) fn draining(&self) -> bool {
+        self.now() >= Phase::Draining
+    }
+
+    /// Whether the listener has closed and idle connections must close too.
+    pub(crate) fn closing(&self) -> bool {
+        self.now() == Phase::Closing
+    }
+
+    pub(crate) fn start_draining(&self) {
+        self.phase
+            .fetch_max(Phase::Draining as u8, Ordering::AcqRel);
+    }
+
+    /// Enters the closing phase and wakes every connection waiting for a request.
+    pub(crate) fn start_closing(&self) {
+        self.phase.store(Phase::Closing as u8, Ordering::Release);
+        self.closing.notify_waiters();
+    }
+
+    /// The notification [`Phases::start_closing`] sends, for a connection to register with
+    /// before it first checks [`Phases::closing`].
+    pub(crate) fn closing_notify(&self) -> Arc<Notify> {
+        Arc::clone(&self.closing)
+    }
 }

@@ -1,9 +1,10 @@
 //! The access record: one JSON line per request, formatted on the request's own task into
 //! the sink's buffer. It runs for every request, so it is written through `Rec` with
-//! constant field names, reuses the formatted date and time within a second,
-//! takes the wall-clock time from the request's own monotonic reading (`Clock`), and
-//! escapes only what needs it: the request id is proven safe by its type, and the method,
-//! path and user agent are copied whole unless they hold a byte JSON must escape.
+//! constant field names, copies its constant text whole ([`AccessFormat`]), reuses the
+//! formatted date and time within a second, takes the wall-clock time from the request's own
+//! monotonic reading ([`Clock`]), and escapes only what needs it: the request id is proven
+//! safe by its type, and the method, path and user agent are copied whole unless they hold a
+//! byte JSON must escape.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -12,29 +13,58 @@ use hyper::Method;
 use log::Level;
 use time::OffsetDateTime;
 
+use super::json::{Out, Rec, json_bytes, json_str, timestamp};
 use crate::ids::RequestId;
-use crate::json::{Out, Rec, json_bytes, json_str, write_timestamp};
 
 /// The fields of one access record.
-pub struct Access<'a> {
-    pub method: &'a Method,
-    pub path: &'a str,
-    pub status: u16,
+pub(crate) struct Access<'a> {
+    pub(crate) method: &'a Method,
+    pub(crate) path: &'a str,
+    pub(crate) status: u16,
     /// Body bytes of the answer.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
     /// When the answer was ready: the record's timestamp.
-    pub at: Instant,
+    pub(crate) at: Instant,
     /// Time to produce the answer.
-    pub duration_us: u64,
+    pub(crate) duration_us: u64,
     /// Needs no escaping (see [`RequestId`]).
-    pub request_id: RequestId<'a>,
-    pub client: IpAddr,
-    pub user_agent: &'a [u8],
+    pub(crate) request_id: RequestId<'a>,
+    pub(crate) client: IpAddr,
+    pub(crate) user_agent: &'a [u8],
+}
+
+/// What the access records of one sink share: the clock, and the constant text of a record
+/// at info and at debug level (see [`middle`]).
+pub(super) struct AccessFormat {
+    clock: Clock,
+    info: Box<[u8]>,
+    debug: Box<[u8]>,
+}
+
+impl AccessFormat {
+    /// The format of records naming the replica `host` (a JSON string).
+    pub(super) fn new(host: &[u8]) -> AccessFormat {
+        AccessFormat {
+            clock: Clock::default(),
+            info: middle(Level::Info, host),
+            debug: middle(Level::Debug, host),
+        }
+    }
+
+    /// Appends the record of `a` at `level` to `buf`.
+    pub(super) fn write(&mut self, buf: &mut Vec<u8>, level: Level, a: &Access<'_>) {
+        let now = self.clock.since_epoch(a.at);
+        let middle = match level {
+            Level::Debug | Level::Trace => &self.debug,
+            _ => &self.info,
+        };
+        access_record(buf, &mut self.clock, now, middle, a);
+    }
 }
 
 /// Appends one access record to `buf` (see the module's doc). `middle` is the record's
 /// constant text from the timestamp's `Z` to the method's opening quote (see [`middle`]).
-pub(super) fn access_record(
+fn access_record(
     buf: &mut Vec<u8>,
     clock: &mut Clock,
     now: Duration,
@@ -75,7 +105,7 @@ pub(super) fn access_record(
 /// The text of an access record of `level` between the timestamp's milliseconds and the
 /// method, `host` (the replica's name as a JSON string) included: made once, so that a record
 /// copies it whole rather than in pieces.
-pub(super) fn middle(level: Level, host: &[u8]) -> Box<[u8]> {
+fn middle(level: Level, host: &[u8]) -> Box<[u8]> {
     let level: &[u8] = match level {
         Level::Debug | Level::Trace => b"debug",
         _ => b"info",
@@ -95,7 +125,7 @@ pub(super) fn middle(level: Level, host: &[u8]) -> Box<[u8]> {
 /// records carry a monotonic [`Instant`] (which the request read anyway) and are placed
 /// relative to the last reading. Also the record's opening up to the last formatted
 /// second, `{"ts":"YYYY-MM-DDTHH:MM:SS.`.
-pub(super) struct Clock {
+struct Clock {
     /// A monotonic instant and the wall-clock time read right after it.
     base: Option<(Instant, Duration)>,
     secs: u64,
@@ -117,7 +147,7 @@ impl Clock {
     /// reading it is derived from that reading, so it is off by the clocks' drift over at
     /// most a second; an `at` before the reading (another worker's earlier request) gets
     /// the reading's time.
-    pub(super) fn since_epoch(&mut self, at: Instant) -> Duration {
+    fn since_epoch(&mut self, at: Instant) -> Duration {
         let since_base = self
             .base
             .map(|(base, wall)| (at.saturating_duration_since(base), wall));
@@ -141,9 +171,7 @@ impl Clock {
                 .ok()
                 .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
                 .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-            let mut text = Vec::with_capacity(24);
-            write_timestamp(&mut text, t);
-            self.text[7..26].copy_from_slice(&text[..19]);
+            self.text[7..26].copy_from_slice(&timestamp(t)[..19]);
             self.secs = secs;
         }
         out.put(&self.text);
@@ -154,11 +182,9 @@ impl Clock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    /// The stack buffer `Rec` once wrote through: longer records must come out whole too.
-    const REC_BUF: usize = 512;
 
     /// Access records come out whole and as given, from the longest numbers and address to
-    /// paths and user agents longer than the stack buffer `Rec` once had.
+    /// paths and user agents of a few kilobytes.
     #[test]
     fn longest_access_record_is_whole() {
         let v6: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap();
@@ -205,8 +231,8 @@ mod tests {
         assert_eq!(v["client"], v6.to_string());
         assert_eq!(v["user_agent"], "ua\u{fffd}");
 
-        let path = format!("/{}", "\"x".repeat(REC_BUF));
-        let ua = "u".repeat(REC_BUF * 3);
+        let path = format!("/{}", "\"x".repeat(512));
+        let ua = "u".repeat(1536);
         let long = Access {
             path: &path,
             user_agent: ua.as_bytes(),

@@ -94,7 +94,7 @@ fn cut_torn_line(file: &File, buf: &[u8], done: usize, e: io::Error) -> (usize, 
 
 /// The reason a client is given when the log cannot be written: short, stable, and free of
 /// paths, uids and OS wording (the full error goes to stderr and the log).
-pub fn public_reason(e: &io::Error) -> &'static str {
+pub(super) fn public_reason(e: &io::Error) -> &'static str {
     // EIO, EDQUOT: no stable ErrorKind for them in std yet.
     const EIO: i32 = 5;
     const EDQUOT: i32 = 122;

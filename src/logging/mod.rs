@@ -3,26 +3,30 @@
 //! - Diagnostics (startup, warnings, errors) go through `log` and fern, which formats them as
 //!   JSON records and sends them to stderr (for `docker logs`) and into the [`Sink`].
 //! - Access and event records, the per-request path, skip `log` and fern: they are formatted
-//!   straight into the sink's buffer ([`access`]) or handed over whole and waited for
-//!   ([`Sink::append_durable`]), which a logger's fire-and-forget interface cannot express.
+//!   straight into the sink's buffer ([`Sink::access`]) or handed over whole and waited for
+//!   ([`Sink::append_event`]), which a logger's fire-and-forget interface cannot express.
 //!
-//! Files: [`sink`] owns the writer thread, the buffer and group commit; [`mod@file`] opens,
-//! writes and syncs the file and words its failures; [`access`] formats the access record;
-//! [`stderr`] writes to stderr. The JSON itself comes from [`crate::json`].
+//! Files: `sink` owns the writer thread, the buffer and group commit; `file` opens, writes
+//! and syncs the file and words its failures; `access` and `event` are the two record
+//! formats; `json` is the JSON writer they (and every other record) are written with;
+//! `stderr` writes to stderr.
 
 use std::fmt::Write as _;
 
 use log::LevelFilter;
 
-use crate::json::Line;
+mod access;
+mod event;
+mod file;
+pub(crate) mod json;
+mod sink;
+mod stderr;
 
-pub mod access;
-pub mod file;
-pub mod sink;
-pub mod stderr;
+use json::Line;
 
-pub use access::Access;
-pub use sink::{FLUSH_INTERVAL, NotWritten, OpenError, Sink};
+pub(crate) use access::Access;
+pub(crate) use event::EventRecord;
+pub use sink::{NotWritten, OpenError, Sink};
 pub use stderr::to_stderr;
 
 /// Installs the global logger: diagnostics at `level` go to stderr and into `sink`, as JSON

@@ -29,15 +29,16 @@ use std::time::Duration;
 use log::{Level, LevelFilter};
 use tokio::sync::oneshot;
 
-use super::access::{Access, Clock, access_record, middle};
+use super::access::{Access, AccessFormat};
+use super::event::{self, EventRecord};
 use super::file::{open_append, open_error, public_reason, write_batch};
+use super::json::{Line, json_str};
 use super::stderr;
 use crate::config::{self, EventSync};
-use crate::json::{Line, json_str};
 use crate::lock;
 
 /// Longest time a buffered record waits before the background thread writes it.
-pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Buffered bytes that make the background thread write at once instead of at the interval.
 /// Larger writes cost less per byte, but a kill -9 can stop a large write part-way, at a page
@@ -51,12 +52,9 @@ pub struct Sink(Arc<Shared>);
 struct Shared {
     path: PathBuf,
     /// The replica's name, for the `host` field of every record: as text, and as a JSON
-    /// string for the access and event records, which copy it rather than escape it each time.
+    /// string for the event records, which copy it rather than escape it each time.
     host: &'static str,
     host_json: Box<[u8]>,
-    /// The constant middle of access records at info and at debug level (`access::middle`).
-    access_info: Box<[u8]>,
-    access_debug: Box<[u8]>,
     sync: EventSync,
     access: bool,
     debug: bool,
@@ -92,11 +90,10 @@ struct Failure {
     detail: String,
 }
 
-#[derive(Default)]
 struct Pending {
     buf: Vec<u8>,
-    /// The date and time of day of the last access record, formatted.
-    clock: Clock,
+    /// How access records are written into `buf`.
+    access: AccessFormat,
     /// Durable appends waiting for the write that carries `buf[..end]`.
     acks: Vec<(usize, Ack)>,
     /// A task will ask the writer thread to write `buf` at once (it holds durable records).
@@ -140,13 +137,19 @@ impl Sink {
         let shared = Arc::new(Shared {
             path: path.to_path_buf(),
             host,
-            access_info: middle(Level::Info, &host_json),
-            access_debug: middle(Level::Debug, &host_json),
+            pending: Mutex::new(Pending {
+                buf: Vec::new(),
+                access: AccessFormat::new(&host_json),
+                acks: Vec::new(),
+                commit_scheduled: false,
+                flush_now: false,
+                reopen: Vec::new(),
+                closing: false,
+            }),
             host_json: host_json.into(),
             sync,
             access: level >= LevelFilter::Info,
             debug: level >= LevelFilter::Debug,
-            pending: Mutex::new(Pending::default()),
             wake: Condvar::new(),
             output: Mutex::new(Output {
                 file,
@@ -167,17 +170,12 @@ impl Sink {
     }
 
     /// The replica's name, which every record carries as `host`.
-    pub fn host(&self) -> &'static str {
+    pub(crate) fn host(&self) -> &'static str {
         self.0.host
     }
 
-    /// [`Sink::host`] as a JSON string, for records written without a `Line`.
-    pub fn host_json(&self) -> &[u8] {
-        &self.0.host_json
-    }
-
     /// Whether records of `level` are kept (access records are info, probe records debug).
-    pub fn enabled(&self, level: Level) -> bool {
+    pub(crate) fn enabled(&self, level: Level) -> bool {
         match level {
             Level::Error | Level::Warn => true,
             Level::Info => self.0.access,
@@ -194,18 +192,21 @@ impl Sink {
         lock(&self.0.failure).as_ref().map(|f| f.public)
     }
 
-    /// Buffers one access record (formatted by `access::access_record`, on the caller's thread).
-    pub fn access(&self, level: Level, a: &Access<'_>) {
+    /// Buffers one access record, formatted on the caller's thread.
+    pub(crate) fn access(&self, level: Level, a: &Access<'_>) {
         let mut p = lock(&self.0.pending);
         let was_empty = p.buf.is_empty();
-        let Pending { buf, clock, .. } = &mut *p;
-        let now = clock.since_epoch(a.at);
-        let middle = match level {
-            Level::Debug | Level::Trace => &self.0.access_debug,
-            _ => &self.0.access_info,
-        };
-        access_record(buf, clock, now, middle, a);
+        let Pending { buf, access, .. } = &mut *p;
+        access.write(buf, level, a);
         self.appended(p, was_empty);
+    }
+
+    /// Appends the record of an event and resolves once it is in the file, as
+    /// [`Sink::append_durable`] does.
+    pub(crate) async fn append_event(&self, r: &EventRecord<'_>) -> Result<(), NotWritten> {
+        let mut record = Vec::with_capacity(256 + r.data.map_or(0, <[u8]>::len));
+        event::write(&mut record, &self.0.host_json, r);
+        self.append_durable(&record).await
     }
 
     /// Buffers a line that is already formatted (fern's output), adding the newline.
@@ -234,7 +235,7 @@ impl Sink {
     /// carrying it, and everything buffered before it, has returned (and, with
     /// `EVENT_SYNC=data`, been synced). `Err` says why not. Must be called within a tokio
     /// runtime.
-    pub async fn append_durable(&self, line: &[u8]) -> Result<(), NotWritten> {
+    pub(crate) async fn append_durable(&self, line: &[u8]) -> Result<(), NotWritten> {
         let (tx, rx) = oneshot::channel();
         let lead = {
             let mut p = lock(&self.0.pending);

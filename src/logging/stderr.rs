@@ -5,7 +5,7 @@ use std::io::{self, Write};
 
 use log::Level;
 
-use crate::json::Line;
+use super::json::Line;
 
 /// Writes one line to stderr, ignoring failure: `eprintln!` panics when stderr is a closed
 /// pipe, and a diagnostic must never take down the code reporting it.

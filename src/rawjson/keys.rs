@@ -73,7 +73,7 @@ pub(super) fn push_path_key(path: &mut String, key: &str) {
 }
 
 /// Decodes the text between a string's quotes, already checked by the scanner.
-pub fn decode(raw: &[u8]) -> String {
+pub(crate) fn decode(raw: &[u8]) -> String {
     let mut out = String::with_capacity(raw.len());
     let mut rest = raw;
     while let Some(i) = rest.iter().position(|&b| b == b'\\') {

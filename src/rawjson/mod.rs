@@ -15,36 +15,36 @@ use std::ops::Range;
 
 mod keys;
 
-pub use keys::decode;
+pub(crate) use keys::decode;
 use keys::{Key, duplicate, key_text, push_path_key};
 
 /// Deepest nesting accepted, counting the outermost value; serde_json's limit, which the
 /// service applied before this scanner.
-pub const MAX_DEPTH: usize = 128;
+pub(crate) const MAX_DEPTH: usize = 128;
 
 /// A scanned document: the text without insignificant whitespace, and the members of the
 /// top-level value if it is an object.
 #[derive(Debug)]
-pub struct Doc<'a> {
+pub(crate) struct Doc<'a> {
     /// The minified text; borrowed from the input when there was no whitespace to remove.
-    pub text: Cow<'a, [u8]>,
+    pub(crate) text: Cow<'a, [u8]>,
     /// The top-level object's members in document order (empty for any other value).
-    pub members: Vec<Member<'a>>,
+    pub(crate) members: Vec<Member<'a>>,
 }
 
 /// One member of the top-level object.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Member<'a> {
+pub(crate) struct Member<'a> {
     /// The key's text between its quotes, as sent.
     raw_key: &'a [u8],
     key_escaped: bool,
     /// The value's span in [`Doc::text`].
-    pub value: Range<usize>,
+    pub(crate) value: Range<usize>,
 }
 
 impl<'a> Member<'a> {
     /// Whether the key, decoded, is `name` (without decoding when it has no escapes).
-    pub fn key_is(&self, name: &str) -> bool {
+    pub(crate) fn key_is(&self, name: &str) -> bool {
         if self.key_escaped {
             decode(self.raw_key) == name
         } else {
@@ -53,7 +53,7 @@ impl<'a> Member<'a> {
     }
 
     /// The key, decoded.
-    pub fn key(&self) -> Cow<'a, str> {
+    pub(crate) fn key(&self) -> Cow<'a, str> {
         if self.key_escaped {
             Cow::Owned(decode(self.raw_key))
         } else {
@@ -66,7 +66,7 @@ impl<'a> Member<'a> {
 
 /// Why a body was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Error {
+pub(crate) enum Error {
     /// Not JSON: what was wrong, and where (1-based line and byte column).
     Syntax {
         what: &'static str,
@@ -90,7 +90,7 @@ impl fmt::Display for Error {
 }
 
 /// Scans `input` as one JSON value with optional whitespace around it.
-pub fn scan(input: &[u8]) -> Result<Doc<'_>, Error> {
+pub(crate) fn scan(input: &[u8]) -> Result<Doc<'_>, Error> {
     if let Err(e) = std::str::from_utf8(input) {
         return Err(syntax_at(input, e.valid_up_to(), "invalid UTF-8"));
     }

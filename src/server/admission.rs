@@ -20,7 +20,7 @@
 //! An evicted connection is closed by its own task at its next read, which sees end of
 //! stream: an idle one is closed between requests (a clean close, as at the idle timeout),
 //! and one whose client's request raced the eviction is closed only after answering it (see
-//! `conn::Activity::evict`). The loop takes the victim's slot as it is released before it
+//! `Activity::evict`). The loop takes the victim's slot as it is released before it
 //! accepts again, so the service holds at most one connection beyond the cap (the one waiting
 //! for that slot, or, if the victim found by `ready` moved on before a client arrived, for any
 //! slot): the cap still bounds descriptors and memory. A flood of new connections at the cap
@@ -34,14 +34,14 @@
 //! it, and a queue keeps the slots with whoever holds them. Eviction needs no timer and touches nothing until the cap is reached;
 //! the timeouts stay as configured.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use super::conn::{Activity, Wait};
+use super::activity::{Activity, HeadSignal, Wait};
 use crate::app::App;
 
 /// A kept-alive connection that finished a request less than this ago is not evicted: it is
@@ -66,9 +66,8 @@ pub(super) struct Admission {
     app: Arc<App>,
     permits: Arc<Semaphore>,
     held: Mutex<Held>,
-    /// Set while the loop waits for an evictable connection; a head then wakes it.
-    wanted: AtomicBool,
-    head_waiting: Notify,
+    /// Wakes the loop, while it waits for a connection to evict, when a head begins.
+    heads: Arc<HeadSignal>,
     /// Wakes the summary writer when the cap is reached.
     reached: Notify,
 }
@@ -106,8 +105,7 @@ impl Admission {
             app,
             permits: Arc::new(Semaphore::new(cap)),
             held: Mutex::new(Held::default()),
-            wanted: AtomicBool::new(false),
-            head_waiting: Notify::new(),
+            heads: Arc::default(),
             reached: Notify::new(),
         }
     }
@@ -183,12 +181,10 @@ impl Admission {
         }
     }
 
-    /// Called by a connection that starts waiting for a head: if the loop waits for a
-    /// connection it can evict, this is one.
-    pub(super) fn head_waiting(&self) {
-        if self.wanted.load(Ordering::Relaxed) {
-            self.head_waiting.notify_one();
-        }
+    /// What a connection calls when it starts waiting for a head: if the loop waits for a
+    /// connection it can evict, that is one.
+    pub(super) fn heads(&self) -> Arc<HeadSignal> {
+        Arc::clone(&self.heads)
     }
 
     /// The best connection to evict, or, if there is none, when an idle one will become
@@ -213,14 +209,14 @@ impl Admission {
     /// Waits for a slot to be released, a connection to start waiting for a head, or `next`
     /// (else [`SILENT`]: a connection that goes idle now is evictable no sooner).
     async fn wait(&self, next: Option<Instant>) {
-        self.wanted.store(true, Ordering::Relaxed);
+        self.heads.want(true);
         let until = next.unwrap_or_else(|| Instant::now() + SILENT);
         tokio::select! {
             _ = self.permits.acquire() => {}
-            () = self.head_waiting.notified() => {}
+            () = self.heads.notified() => {}
             () = tokio::time::sleep_until(until) => {}
         }
-        self.wanted.store(false, Ordering::Relaxed);
+        self.heads.want(false);
     }
 
     /// Writes one summary line per [`SUMMARY_EVERY`] while the cap is reached: the time spent

@@ -1,7 +1,8 @@
 //! One connection's socket, wrapped with the guards hyper does not provide (or, for idle
 //! time, provides at a cost per request): the slow-head timeout, the idle timeout, the stalled
-//! write timeout, and the drain. hyper drives the HTTP; [`Guarded`] decides when the socket
-//! reads as closed or fails, and [`Activity`] is what the service tells it about requests.
+//! write timeout, and the close at shutdown. hyper drives the HTTP; [`Guarded`] decides when
+//! the socket reads as closed or fails, and [`Activity`] is what the service tells it about
+//! requests.
 //!
 //! A connection must deliver each request head within `header_timeout` of its first byte (and
 //! a new connection its first head within `header_timeout` of connecting), which is what drops
@@ -17,190 +18,43 @@
 
 use std::io;
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 use tokio::sync::futures::OwnedNotified;
 use tokio::time::{Instant, Sleep};
 
-use super::admission::Admission;
-use crate::config::Config;
+use super::activity::{Activity, HeadSignal, Wait, wait_state};
+use crate::app::App;
+use crate::shutdown::Phases;
 
-/// Requests a connection has begun (hyper parsed their head) and finished answering.
-pub(super) struct Activity {
-    started: AtomicU32,
-    finished: AtomicU32,
-    opened: Instant,
-    /// When the last request finished, in milliseconds after `opened`.
-    last_end_ms: AtomicU64,
-    /// Whether the connection waits for its client, as a [`Wait`] kind in the low bits and
-    /// the count of started requests above them, so that a connection which served a request
-    /// in between never matches a stale reading (see [`Activity::evict`]).
-    state: AtomicU64,
-    /// When the head it waits for began, in milliseconds after `opened`.
-    head_began_ms: AtomicU64,
-    /// The connection task's waker, so that an eviction can wake it.
-    waker: Mutex<Option<Waker>>,
-}
-
-/// What a connection is waiting for, as the admission sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Wait {
-    /// Nothing to evict: a request in progress, an answer being written, or not yet polled.
-    Busy = 0,
-    /// A request: a kept-alive connection between requests, or a new one that sent nothing.
-    Idle = 1,
-    /// The rest of a request head.
-    Head = 2,
-    /// Closed by the admission: once no request is in progress, reads see end of stream.
-    Evicted = 3,
-}
-
-const WAIT_BITS: u64 = 0b11;
-
-/// A connection waiting for its client, as [`Activity::waiting`] found it.
-pub(super) struct Waiting {
-    pub(super) kind: Wait,
-    /// Since when: the end of the last answer (or the connection's opening), or the head's
-    /// first byte.
-    pub(super) since: Instant,
-    /// Whether it has served a request: if not, an idle connection has sent nothing yet.
-    pub(super) served: bool,
-    /// The state word it was found in, for [`Activity::evict`].
-    pub(super) state: u64,
-}
-
-fn wait_kind(state: u64) -> Wait {
-    match state & WAIT_BITS {
-        0 => Wait::Busy,
-        1 => Wait::Idle,
-        2 => Wait::Head,
-        _ => Wait::Evicted,
-    }
-}
-
-impl Activity {
-    pub(super) fn new() -> Activity {
-        Activity {
-            started: AtomicU32::new(0),
-            finished: AtomicU32::new(0),
-            opened: Instant::now(),
-            last_end_ms: AtomicU64::new(0),
-            state: AtomicU64::new(Wait::Busy as u64),
-            head_began_ms: AtomicU64::new(0),
-            waker: Mutex::new(None),
-        }
-    }
-
-    /// Counts a request as begun: from here until it finishes, the connection is busy.
-    pub(super) fn begin(&self) {
-        self.started.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// Counts a request as finished, its answer ready at `end` (the instant its access record
-    /// read); the connection's idle time starts there.
-    pub(super) fn finish(&self, end: std::time::Instant) {
-        let end = Instant::from_std(end);
-        let ms = end.saturating_duration_since(self.opened).as_millis() as u64;
-        self.last_end_ms.store(ms, Ordering::Release);
-        self.finished.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// When the connection last became idle: the end of its last request, or its opening.
-    fn idle_since(&self) -> Instant {
-        self.opened + Duration::from_millis(self.last_end_ms.load(Ordering::Acquire))
-    }
-
-    /// What the connection waits for now, if it waits for its client.
-    pub(super) fn waiting(&self) -> Option<Waiting> {
-        let state = self.state.load(Ordering::Acquire);
-        let started = u64::from(self.started.load(Ordering::Acquire));
-        if state >> 2 != started {
-            // A request began from what hyper had already read, without a read since.
-            return None;
-        }
-        let since = match wait_kind(state) {
-            Wait::Idle => self.idle_since(),
-            Wait::Head => {
-                self.opened + Duration::from_millis(self.head_began_ms.load(Ordering::Acquire))
+/// Serves `conn` to its end; once shutdown reaches its closing phase, hyper finishes the
+/// request in progress and closes the connection. As hyper-util's `GracefulShutdown::watch`,
+/// except that this polls the closing notification only when the task's waker is new (else
+/// [`Phases::closing`] says as much): polled on every wake-up of the connection, it takes the
+/// lock of a `Notify` that every connection shares.
+pub(super) async fn serve<C: GracefulConnection>(phases: &Phases, conn: C) -> C::Output {
+    let mut conn = pin!(conn);
+    // Created now, so it hears a `notify_waiters` even before it is polled.
+    let notify = phases.closing_notify();
+    let mut notified = pin!(notify.notified());
+    let mut waker: Option<Waker> = None;
+    let mut closing = false;
+    std::future::poll_fn(|cx| {
+        if !closing {
+            closing = (new_waker(&mut waker, cx) && notified.as_mut().poll(cx).is_ready())
+                || phases.closing();
+            if closing {
+                conn.as_mut().graceful_shutdown();
             }
-            Wait::Busy | Wait::Evicted => return None,
-        };
-        Some(Waiting {
-            kind: wait_kind(state),
-            since,
-            served: started > 0,
-            state,
-        })
-    }
-
-    /// Marks a connection that has ended: it can no longer be evicted.
-    pub(super) fn retire(&self) {
-        self.state.store(Wait::Busy as u64, Ordering::Release);
-    }
-
-    /// Closes the connection if it still waits as `seen` (from [`Waiting::state`]) says:
-    /// its next read with no request in progress sees end of stream. False if it has moved
-    /// on (it read since).
-    pub(super) fn evict(&self, seen: u64) -> bool {
-        let evicted = (seen & !WAIT_BITS) | Wait::Evicted as u64;
-        if self
-            .state
-            .compare_exchange(seen, evicted, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            return false;
         }
-        if let Some(w) = &*crate::lock(&self.waker) {
-            w.wake_by_ref();
-        }
-        true
-    }
-}
-
-/// Set once at shutdown; wakes connections that wait for a request.
-#[derive(Default)]
-pub(super) struct Drain {
-    started: AtomicBool,
-    notify: Arc<Notify>,
-}
-
-impl Drain {
-    /// Closes every connection without a request in progress, now and from now on.
-    pub(super) fn start(&self) {
-        self.started.store(true, Ordering::Release);
-        self.notify.notify_waiters();
-    }
-
-    /// Serves `conn` to its end; once the drain starts, hyper finishes the request in progress
-    /// and closes the connection. As hyper-util's
-    /// `GracefulShutdown::watch`, except that this polls the drain's notification only when
-    /// the task's waker is new (else `started` says as much): polled on every wake-up of the
-    /// connection, it takes the lock of a `Notify` that every connection shares.
-    pub(super) async fn watch<C: GracefulConnection>(&self, conn: C) -> C::Output {
-        let mut conn = pin!(conn);
-        // Created now, so it hears a `notify_waiters` even before it is polled.
-        let mut notified = pin!(self.notify.notified());
-        let mut waker: Option<Waker> = None;
-        let mut closing = false;
-        std::future::poll_fn(|cx| {
-            if !closing {
-                closing = (new_waker(&mut waker, cx) && notified.as_mut().poll(cx).is_ready())
-                    || self.started.load(Ordering::Acquire);
-                if closing {
-                    conn.as_mut().graceful_shutdown();
-                }
-            }
-            conn.as_mut().poll(cx)
-        })
-        .await
-    }
+        conn.as_mut().poll(cx)
+    })
+    .await
 }
 
 /// Keeps the task's waker in `slot`; true if it is new there (a first poll, or the task is
@@ -242,9 +96,9 @@ struct HeadClock {
 ///   moved to `idle_timeout` after the end of the last one (which [`Activity`] records), so a
 ///   busy connection touches the timer wheel about once per `idle_timeout`, not per request.
 /// - slow readers: a write that cannot progress for `write_timeout` fails with `TimedOut`,
-///   so a client that never reads its answer cannot hold a connection slot (or the drain).
-/// - the drain: once shutdown starts, a read while no request is in progress sees end of
-///   stream, which closes the connection.
+///   so a client that never reads its answer cannot hold a connection slot (or shutdown).
+/// - shutdown: once it reaches its closing phase, a read while no request is in progress sees
+///   end of stream, which closes the connection.
 /// - eviction: the same, for this connection alone, once the admission chose it to make room
 ///   at the cap; it can be chosen only while it waits for its client, which it tells
 ///   [`Activity`] whenever a read finds nothing or an answer has been flushed.
@@ -262,20 +116,20 @@ pub(super) struct Guarded {
     write_timeout: Duration,
     write_deadline: Pin<Box<Sleep>>,
     write_armed: bool,
-    drain: Arc<Drain>,
+    app: Arc<App>,
     /// Created with the connection, so it hears a `notify_waiters` even before it is polled.
-    drain_notified: Pin<Box<OwnedNotified>>,
-    /// The waker `drain_notified` was last polled with. Polling it again with the same one
+    closing_notified: Pin<Box<OwnedNotified>>,
+    /// The waker `closing_notified` was last polled with. Polling it again with the same one
     /// only takes the lock of the `Notify` every connection shares, to find what
-    /// `Drain::started`, read on every read, already says.
-    drain_waker: Option<Waker>,
-    admission: Arc<Admission>,
+    /// `Phases::closing`, read on every read, already says.
+    closing_waker: Option<Waker>,
+    heads: Arc<HeadSignal>,
     /// Whether `activity` says the connection waits for its client (it may be evicted), and
     /// the state it was told.
     parked: bool,
     published: u64,
     /// Set once evicted: from then on, a read while no request is in progress sees end of
-    /// stream, as in the drain.
+    /// stream, as when closing.
     evicted: bool,
     /// The waker last handed to `activity`, to skip its lock when the task's waker is the same.
     waker: Option<Waker>,
@@ -285,11 +139,11 @@ impl Guarded {
     pub(super) fn new(
         io: TcpStream,
         activity: Arc<Activity>,
-        drain: &Arc<Drain>,
-        admission: &Arc<Admission>,
-        cfg: &Config,
+        app: &Arc<App>,
+        heads: Arc<HeadSignal>,
     ) -> Guarded {
-        let opened = activity.opened;
+        let opened = activity.opened();
+        let cfg = &app.cfg;
         Guarded {
             io,
             activity,
@@ -307,10 +161,10 @@ impl Guarded {
             write_timeout: cfg.write_timeout,
             write_deadline: Box::pin(tokio::time::sleep(cfg.write_timeout)),
             write_armed: false,
-            drain: Arc::clone(drain),
-            drain_notified: Box::pin(Arc::clone(&drain.notify).notified_owned()),
-            drain_waker: None,
-            admission: Arc::clone(admission),
+            app: Arc::clone(app),
+            closing_notified: Box::pin(app.phases.closing_notify().notified_owned()),
+            closing_waker: None,
+            heads,
             parked: false,
             published: 0,
             evicted: false,
@@ -323,7 +177,7 @@ impl Guarded {
     /// sees the state also finds the waker.
     fn park(&mut self, cx: &Context<'_>, started: u32) {
         if new_waker(&mut self.waker, cx) {
-            *crate::lock(&self.activity.waker) = self.waker.clone();
+            self.activity.set_waker(self.waker.clone());
         }
         if self.head.as_ref().is_some_and(|h| h.after != started) {
             self.head = None; // the timed head arrived
@@ -338,7 +192,7 @@ impl Guarded {
         } else {
             Wait::Idle
         };
-        let state = (u64::from(started) << 2) | kind as u64;
+        let state = wait_state(started, kind);
         if self.parked && state == self.published {
             return; // already said, and an eviction since must stand
         }
@@ -346,15 +200,11 @@ impl Guarded {
         if self.evicted {
             return;
         }
-        if let Some(began) = head {
-            let began = began.saturating_duration_since(self.activity.opened);
-            (self.activity.head_began_ms).store(began.as_millis() as u64, Ordering::Release);
-        }
-        self.activity.state.store(state, Ordering::Release);
+        self.activity.publish(state, head);
         self.parked = true;
         self.published = state;
         if kind == Wait::Head {
-            self.admission.head_waiting();
+            self.heads.head_waiting();
         }
     }
 
@@ -362,19 +212,15 @@ impl Guarded {
     fn unpark(&mut self) {
         if self.parked {
             self.parked = false;
-            let was = self
-                .activity
-                .state
-                .swap(Wait::Busy as u64, Ordering::AcqRel);
-            self.evicted |= wait_kind(was) == Wait::Evicted;
+            self.evicted |= self.activity.take_back();
         }
     }
 
     /// Called when a read found nothing and no request is in progress: about to wait for a
-    /// request, so the drain's wake-up must reach this task. Whether the drain has begun.
-    fn drain_notified(&mut self, cx: &mut Context<'_>) -> bool {
-        // Registered with this waker already, a drain since would have woken the task.
-        new_waker(&mut self.drain_waker, cx) && self.drain_notified.as_mut().poll(cx).is_ready()
+    /// request, so the closing wake-up must reach this task. Whether closing has begun.
+    fn closing_notified(&mut self, cx: &mut Context<'_>) -> bool {
+        // Registered with this waker already, closing since would have woken the task.
+        new_waker(&mut self.closing_waker, cx) && self.closing_notified.as_mut().poll(cx).is_ready()
     }
 
     /// Called when a read found nothing: whether the connection has been idle (no request in
@@ -442,10 +288,9 @@ impl AsyncRead for Guarded {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        let started = this.activity.started.load(Ordering::Acquire);
-        let busy = started != this.activity.finished.load(Ordering::Acquire);
-        if !busy && this.drain.started.load(Ordering::Acquire) {
-            return Poll::Ready(Ok(())); // end of stream: no request in progress, draining
+        let (started, busy) = this.activity.progress();
+        if !busy && this.app.phases.closing() {
+            return Poll::Ready(Ok(())); // end of stream: no request in progress, closing
         }
         this.unpark();
         if !busy && this.evicted {
@@ -462,7 +307,7 @@ impl AsyncRead for Guarded {
         let before = buf.filled().len();
         let read = Pin::new(&mut this.io).poll_read(cx, buf);
         if read.is_pending() {
-            if !busy && this.drain_notified(cx) {
+            if !busy && this.closing_notified(cx) {
                 return Poll::Ready(Ok(()));
             }
             if this.idle_expired(cx, busy || this.head.is_some()) {
@@ -532,8 +377,8 @@ impl AsyncWrite for Guarded {
         if let Poll::Ready(Ok(())) = r {
             // hyper flushes after an answer, and need not read again before the next request
             // arrives: the connection may start waiting for its client here.
-            let started = self.activity.started.load(Ordering::Acquire);
-            if started == self.activity.finished.load(Ordering::Acquire) {
+            let (started, busy) = self.activity.progress();
+            if !busy {
                 self.park(cx, started);
             }
         }

@@ -1,12 +1,13 @@
 //! The accept loop: one tokio task per connection, served by hyper's HTTP/1.1 connection
-//! driver over a guarded socket (`conn`), at most `max_connections` at once (`admission`
-//! decides who gets a slot when they are all taken), and a graceful shutdown in two phases:
-//! serving on for `DRAIN_DELAY` (`drain`), then closing the listener and letting in-flight
-//! requests finish within `GRACE`. hyper's own header timer is off: it allocates and
-//! registers a timer for every request, where `conn::Guarded` keeps one per connection.
+//! driver over a guarded socket ([`conn`]), at most `max_connections` at once ([`admission`]
+//! decides who gets a slot when they are all taken, from what each connection's [`activity`]
+//! says), and the two phases of a shutdown (see [`crate::shutdown`]): serving on while
+//! draining, then closing the listener and letting requests in progress finish within
+//! `GRACE`. hyper's own header timer is off: it allocates and registers a timer for every
+//! request, where `conn::Guarded` keeps one per connection.
 
+use std::convert::Infallible;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,19 +16,22 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::config::Config;
-use crate::routes::{self, Answer, App};
+use crate::app::App;
+use crate::http;
 use crate::shutdown::Shutdown;
 
+mod activity;
 mod admission;
 mod conn;
-mod drain;
+mod listen;
 
+use activity::Activity;
 use admission::Admission;
-use conn::{Activity, Drain, Guarded};
+use conn::Guarded;
+pub use listen::listen;
 
 /// Pause after an accept error that is not about one connection (e.g. out of file
 /// descriptors), so the loop waits for resources instead of spinning.
@@ -55,18 +59,17 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
         let admission = Arc::clone(&admission);
         async move { admission.summarize().await }
     });
-    let drain = Arc::new(Drain::default());
     // Every connection's task holds a sender; `recv` gives `None` once all have ended.
     let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
-    let closing = drain::listener_closes(&app, shutdown.clone());
-    tokio::pin!(closing);
+    let draining = drain(&app, shutdown.clone());
+    tokio::pin!(draining);
 
     loop {
         // Accept only with room: a free slot or a connection to evict. Without, clients wait
         // in the listen backlog.
         let victim = tokio::select! {
             victim = admission.ready() => victim,
-            () = &mut closing => break,
+            () = &mut draining => break,
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -79,45 +82,32 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
                     continue;
                 }
             },
-            () = &mut closing => break,
+            () = &mut draining => break,
         };
         // A slot for it: a free one, or that of a connection evicted to make room.
         let activity = Arc::new(Activity::new());
         let ticket = tokio::select! {
             ticket = admission.admit(Arc::clone(&activity), victim) => ticket,
-            () = &mut closing => break,
+            () = &mut draining => break,
         };
         // Small JSON answers: don't let Nagle hold them back.
         let _ = stream.set_nodelay(true);
-        let io = Guarded::new(stream, Arc::clone(&activity), &drain, &admission, &app.cfg);
-        let app = Arc::clone(&app);
+        let io = Guarded::new(stream, Arc::clone(&activity), &app, admission.heads());
+        let conn_app = Arc::clone(&app);
         let service = service_fn(move |req: Request<Incoming>| {
             activity.begin();
-            // Before the future: see `answer_now` for why. hyper polls the future as soon as
-            // it has it, so a request answered now is finished now.
-            let later = match routes::answer_now(&app, req, peer) {
-                Answer::Now(resp, end) => {
-                    activity.finish(end);
-                    Ok(resp)
-                }
-                Answer::Later(req) => Err((req, Arc::clone(&app), Arc::clone(&activity))),
-            };
+            let (app, activity) = (Arc::clone(&conn_app), Arc::clone(&activity));
             async move {
-                match later {
-                    Ok(resp) => Ok::<_, std::convert::Infallible>(resp),
-                    Err((req, app, activity)) => {
-                        let (resp, end) = routes::answer_later(&app, req, peer).await;
-                        activity.finish(end);
-                        Ok(resp)
-                    }
-                }
+                let (resp, end) = http::handle(&app, req, peer).await;
+                activity.finish(end);
+                Ok::<_, Infallible>(resp)
             }
         });
         let conn = http.serve_connection(TokioIo::new(io), service);
-        let drain = Arc::clone(&drain);
+        let app = Arc::clone(&app);
         let open = open_tx.clone();
         tokio::spawn(async move {
-            if let Err(e) = drain.watch(conn).await {
+            if let Err(e) = conn::serve(&app.phases, conn).await {
                 log::debug!(peer:% = peer, error:% = e; "connection ended with an error");
             }
             drop(ticket);
@@ -128,14 +118,14 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
     summary.abort();
     // Connections without a request in progress (silent, idle, or mid-head) close now; hyper's
     // graceful shutdown alone would wait for a head that may never come.
-    drain.start();
+    app.phases.start_closing();
     drop(open_tx);
 
     let grace = app.cfg.grace;
     let open = admission.open();
     log::info!(connections = open as u64, grace_ms = grace.as_millis() as u64; "listener closed");
     tokio::select! {
-        // A second request that ended the drain delay must not be read as a clean drain.
+        // A second request that ended the drain delay must not be read as a clean close.
         biased;
         () = shutdown.forced() => {
             log::warn!("second shutdown request; closing the remaining connections");
@@ -153,6 +143,25 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
     }
 }
 
+/// The draining phase: resolves when the listener should close, `DRAIN_DELAY` after the
+/// first shutdown request, or at once on a second. From the first request on, `app` is
+/// draining.
+async fn drain(app: &App, mut shutdown: Shutdown) {
+    shutdown.requested().await;
+    app.phases.start_draining();
+    let delay = app.cfg.drain_delay;
+    log::info!(
+        drain_delay_ms = delay.as_millis() as u64,
+        grace_ms = app.cfg.grace.as_millis() as u64;
+        "draining"
+    );
+    tokio::select! {
+        () = tokio::time::sleep(delay) => {}
+        // `run` sees the same request and ends the shutdown with its reason.
+        () = shutdown.forced() => {}
+    }
+}
+
 /// Errors that concern only the connection being accepted; the next accept may succeed.
 fn per_connection(e: &io::Error) -> bool {
     matches!(
@@ -162,92 +171,4 @@ fn per_connection(e: &io::Error) -> bool {
             | io::ErrorKind::Interrupted
             | io::ErrorKind::WouldBlock
     )
-}
-
-/// Binds the configured address, naming it in the error. The default `::` takes IPv4 and
-/// IPv6 clients (IPv4 ones as `::ffff:a.b.c.d`, unless `net.ipv6.bindv6only` is set; neither
-/// tokio nor std can clear `IPV6_V6ONLY` without unsafe code or another crate) and falls back
-/// to `0.0.0.0` where the kernel has IPv6 off. An address the user chose has no fallback.
-pub async fn listen(cfg: &Config) -> io::Result<TcpListener> {
-    let addr = SocketAddr::new(cfg.host, cfg.port);
-    let listener = match bind_socket(addr) {
-        Err(e) if cfg.host_fallback && ipv6_unavailable(&e) => {
-            let v4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), cfg.port);
-            log::info!(error:% = e; "IPv6 is off in this kernel; listening on IPv4 only");
-            bind_socket(v4).map_err(|e| bind_error(v4, e))?
-        }
-        bound => bound.map_err(|e| bind_error(addr, e))?,
-    };
-    if addr.ip() == Ipv6Addr::UNSPECIFIED && v6_only_by_default() {
-        log::warn!(
-            "net.ipv6.bindv6only is 1: IPv4 clients cannot reach [::]; set HOST=0.0.0.0 for them"
-        );
-    }
-    Ok(listener)
-}
-
-/// Whether a bind to `::` failed because this kernel has no usable IPv6: no IPv6 sockets at all
-/// (EAFNOSUPPORT, booted with `ipv6.disable=1`) or no `::` to bind (EADDRNOTAVAIL).
-fn ipv6_unavailable(e: &io::Error) -> bool {
-    // Linux's number; std maps it to no ErrorKind of its own.
-    const EAFNOSUPPORT: i32 = 97;
-    e.kind() == io::ErrorKind::AddrNotAvailable || e.raw_os_error() == Some(EAFNOSUPPORT)
-}
-
-/// Whether new IPv6 sockets take IPv6 clients only (the sysctl's default is 0).
-fn v6_only_by_default() -> bool {
-    std::fs::read_to_string("/proc/sys/net/ipv6/bindv6only").is_ok_and(|v| v.trim() == "1")
-}
-
-/// A bind error that names the address and says what to do.
-fn bind_error(addr: SocketAddr, e: io::Error) -> io::Error {
-    let hint = match e.kind() {
-        io::ErrorKind::AddrInUse => {
-            "; another process holds it: stop that one or choose another --port/PORT"
-        }
-        io::ErrorKind::PermissionDenied => {
-            "; ports below 1024 need privileges: choose --port/PORT above 1023"
-        }
-        io::ErrorKind::AddrNotAvailable => "; no interface has that address: check --host/HOST",
-        _ => "",
-    };
-    io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}{hint}"))
-}
-
-/// Connections the kernel completes ahead of `accept`. At the cap, the loop accepts only as
-/// fast as it can make room; a burst of new connections larger than this queue would have
-/// its excess (and any new client among it) wait a second for a SYN retransmit. Linux caps
-/// it at `net.core.somaxconn` (4096 by default since 5.4).
-const LISTEN_BACKLOG: u32 = 4096;
-
-fn bind_socket(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    // As std and tokio's `TcpListener::bind` do: a restart can bind while old connections of
-    // the previous process linger in TIME_WAIT.
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ipv6_off_is_recognised_by_errno() {
-        assert!(ipv6_unavailable(&io::Error::from_raw_os_error(97)));
-        assert!(ipv6_unavailable(&io::Error::from(
-            io::ErrorKind::AddrNotAvailable
-        )));
-        assert!(!ipv6_unavailable(&io::Error::from(
-            io::ErrorKind::AddrInUse
-        )));
-        assert!(!ipv6_unavailable(&io::Error::from(
-            io::ErrorKind::PermissionDenied
-        )));
-    }
 }

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use api::App;
 use api::config::{self, Config};
 use api::logging::Sink;
-use api::routes::App;
 use api::shutdown::{self, Trigger};
 use serde_json::Value;
 use tokio::task::JoinHandle;

@@ -1,47 +1,20 @@
-//! Health, both sides: the `/health` handler, and the `--healthcheck` probe that a scratch
-//! image runs as its Docker HEALTHCHECK (no shell or curl there). The probe speaks just
-//! enough HTTP/1.1 over a blocking socket to need no runtime, and starts no server and no log.
-//!
-//! `/health` is readiness: whether this replica should get traffic now. It fails while the
-//! log cannot be written and while draining. Liveness (whether to restart the process) is
-//! `GET /`, which answers whenever the server does: a restart fixes neither case.
+//! `--healthcheck`: the probe a scratch image runs as its Docker HEALTHCHECK (no shell or curl
+//! there). It speaks just enough HTTP/1.1 over a blocking socket to need no runtime, and
+//! starts no server and no log: `GET /health` of the configured server, exit 0 on a 200
+//! `{"status":"ok"}`, 1 on anything else.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use hyper::body::Bytes;
-use hyper::{Response, StatusCode};
-use serde_json::json;
-
-use crate::app::App;
-use crate::body::{self, Body};
 use crate::config::Config;
 
 /// User-Agent prefix of the probe; its requests are access-logged at debug level only.
-pub const PROBE_AGENT: &[u8] = b"api-healthcheck/";
+pub(crate) const PROBE_AGENT: &[u8] = b"api-healthcheck/";
 
 /// Budget for the whole probe, inside the Dockerfile's 2 s HEALTHCHECK timeout, so that a slow
 /// server gets our one-line verdict rather than Docker's kill.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
-
-/// `GET /health`: 503 `{"status":"draining"}` once shutdown is requested; otherwise 200
-/// `{"status":"ok"}` while the log can be written, else 503 with the reason.
-pub fn respond(app: &App) -> Response<Body> {
-    if app.draining() {
-        return body::json_bytes(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Bytes::from_static(br#"{"status":"draining"}"#),
-        );
-    }
-    match app.sink.failure() {
-        None => body::json_bytes(StatusCode::OK, Bytes::from_static(br#"{"status":"ok"}"#)),
-        Some(reason) => body::json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({ "status": "unavailable", "reason": reason }),
-        ),
-    }
-}
 
 /// Where the server `cfg` describes can be reached from this machine, in the order to try.
 /// A wildcard listen address is reachable on loopback: `::` on `::1`, or on `127.0.0.1` where

@@ -1,8 +1,7 @@
 //! The project's one JSON writer: string escaping, numbers, addresses and timestamps written
-//! by hand into byte buffers, and [`Line`], which builds one log record. Log records, event
-//! records and the `201` answer all come through here; `serde_json` is kept for the rare
-//! answers built as trees (`GET /`, error bodies). Request bodies are read by
-//! [`crate::rawjson`].
+//! by hand into byte buffers, and [`Line`], which builds one diagnostic record. Every log
+//! record and the `201` answer come through here; `serde_json` is kept for the rare answers
+//! built as trees (`GET /`, error bodies). Request bodies are read by [`crate::rawjson`].
 //!
 //! Every string from a client goes through `json_str` or `json_bytes`, so no input can
 //! break a line or add a field.
@@ -13,28 +12,8 @@ use std::net::IpAddr;
 use log::Level;
 use time::OffsetDateTime;
 
-/// The decimal text of 0..=255 followed by a dot, and its length: IPv4 octets from a table,
-/// where dividing each by ten was most of an access record's address field.
-const OCTETS: [([u8; 4], usize); 256] = {
-    let mut table = [([0; 4], 0); 256];
-    let mut i = 0;
-    while i < 256 {
-        let d = [
-            b'0' + (i / 100) as u8,
-            b'0' + (i / 10 % 10) as u8,
-            b'0' + (i % 10) as u8,
-        ];
-        table[i] = match i {
-            0..=9 => ([d[2], b'.', 0, 0], 2),
-            10..=99 => ([d[1], d[2], b'.', 0], 3),
-            _ => ([d[0], d[1], d[2], b'.'], 4),
-        };
-        i += 1;
-    }
-    table
-};
-
-/// The two decimal digits of 0..=99.
+/// The two decimal digits of 0..=99: numbers are written two digits at a time, which halves
+/// the divisions.
 const DIGIT_PAIRS: [[u8; 2]; 100] = {
     let mut table = [[0; 2]; 100];
     let mut i = 0;
@@ -44,6 +23,19 @@ const DIGIT_PAIRS: [[u8; 2]; 100] = {
     }
     table
 };
+
+/// Writes the last `out.len()` decimal digits of `n` into `out`, zero-padded.
+fn decimal(out: &mut [u8], mut n: u64) {
+    let mut end = out.len();
+    while end >= 2 {
+        out[end - 2..end].copy_from_slice(&DIGIT_PAIRS[(n % 100) as usize]);
+        n /= 100;
+        end -= 2;
+    }
+    if end == 1 {
+        out[0] = b'0' + (n % 10) as u8;
+    }
+}
 
 /// Where the escapers write: a `Vec`, or a [`Rec`] over one.
 pub(crate) trait Out {
@@ -56,10 +48,8 @@ impl Out for Vec<u8> {
     }
 }
 
-/// Formats a record straight into the `Vec`, which its owner sizes for its records. At
-/// opt-level 3 a piece is an inlined capacity check and copy, and a constant field name a few
-/// moves; a stack buffer in front (which opt-level "s" needed) cost zeroing it and a copy of
-/// the whole record.
+/// Formats a record straight into the `Vec`, which its owner sizes for its records: each
+/// piece is an inlined capacity check and copy, and a constant field name a few moves.
 pub(crate) struct Rec<'a> {
     out: &'a mut Vec<u8>,
 }
@@ -69,19 +59,10 @@ impl<'a> Rec<'a> {
         Rec { out }
     }
 
-    /// The last `width` (at most 20) decimal digits of `n`, zero-padded: two at a time from
-    /// a table, which halves the divisions.
-    pub(crate) fn digits(&mut self, mut n: u64, width: usize) {
+    /// The last `width` (at most 20) decimal digits of `n`, zero-padded.
+    pub(crate) fn digits(&mut self, n: u64, width: usize) {
         let mut text = [0; 20];
-        let mut end = width;
-        while end >= 2 {
-            text[end - 2..end].copy_from_slice(&DIGIT_PAIRS[(n % 100) as usize]);
-            n /= 100;
-            end -= 2;
-        }
-        if end == 1 {
-            text[0] = b'0' + (n % 10) as u8;
-        }
+        decimal(&mut text[..width], n);
         self.put_first(&text, width);
     }
 
@@ -111,15 +92,12 @@ impl<'a> Rec<'a> {
     pub(crate) fn ip(&mut self, ip: IpAddr) {
         match ip {
             IpAddr::V4(v4) => {
-                // Each octet as four bytes from the table, then one copy of the used part.
-                let mut text = [0; 16];
-                let mut len = 0;
-                for octet in v4.octets() {
-                    let (digits, n) = OCTETS[usize::from(octet)];
-                    text[len..len + 4].copy_from_slice(&digits);
-                    len += n;
+                let [a, b, c, d] = v4.octets();
+                self.u64(u64::from(a));
+                for octet in [b, c, d] {
+                    self.put(b".");
+                    self.u64(u64::from(octet));
                 }
-                self.put_first(&text, len - 1); // without the last dot
             }
             IpAddr::V6(v6) => {
                 // Writing to a Rec cannot fail.
@@ -147,20 +125,25 @@ impl std::fmt::Write for Rec<'_> {
 
 /// Builds one JSON record in a buffer: `{"ts":…,"level":…,"msg":…` then fields, then `}\n`.
 /// Strings go through `json_str`, so no input can break the line or add a field.
-pub struct Line<'a> {
+pub(crate) struct Line<'a> {
     buf: &'a mut Vec<u8>,
 }
 
 impl<'a> Line<'a> {
     /// Starts a record stamped now.
-    pub fn start(buf: &'a mut Vec<u8>, level: Level, msg: &str) -> Line<'a> {
+    pub(crate) fn start(buf: &'a mut Vec<u8>, level: Level, msg: &str) -> Line<'a> {
         Line::start_at(buf, OffsetDateTime::now_utc(), level, msg)
     }
 
     /// Starts a record stamped `ts`.
-    pub fn start_at(buf: &'a mut Vec<u8>, ts: OffsetDateTime, level: Level, msg: &str) -> Line<'a> {
+    pub(crate) fn start_at(
+        buf: &'a mut Vec<u8>,
+        ts: OffsetDateTime,
+        level: Level,
+        msg: &str,
+    ) -> Line<'a> {
         buf.extend_from_slice(b"{\"ts\":\"");
-        write_timestamp(buf, ts);
+        buf.extend_from_slice(&timestamp(ts));
         buf.extend_from_slice(b"\",\"level\":\"");
         buf.extend_from_slice(level_name(level).as_bytes());
         buf.extend_from_slice(b"\",\"msg\":");
@@ -169,31 +152,17 @@ impl<'a> Line<'a> {
     }
 
     /// Adds a string field.
-    pub fn str(&mut self, key: &str, value: &str) -> &mut Self {
+    pub(crate) fn str(&mut self, key: &str, value: &str) -> &mut Self {
         self.key(key);
         json_str(self.buf, value);
         self
     }
 
-    /// Adds a string field from bytes that may not be UTF-8 (invalid sequences become U+FFFD).
-    pub fn bytes(&mut self, key: &str, value: &[u8]) -> &mut Self {
-        self.key(key);
-        json_bytes(self.buf, value);
-        self
-    }
-
     /// Adds a number field.
-    pub fn u64(&mut self, key: &str, value: u64) -> &mut Self {
+    pub(crate) fn u64(&mut self, key: &str, value: u64) -> &mut Self {
         self.key(key);
         let mut rec = Rec::new(self.buf);
         rec.u64(value);
-        self
-    }
-
-    /// Adds an IP address as a string field.
-    pub fn ip(&mut self, key: &str, ip: IpAddr) -> &mut Self {
-        self.key(key);
-        push_ip(self.buf, ip);
         self
     }
 
@@ -206,7 +175,7 @@ impl<'a> Line<'a> {
     }
 
     /// Closes the record and its line.
-    pub fn finish(self) {
+    pub(crate) fn finish(self) {
         self.buf.extend_from_slice(b"}\n");
     }
 }
@@ -231,9 +200,8 @@ const ESCAPE: u8 = 1;
 const TOKEN: u8 = 2;
 
 /// Writes `s` as a JSON string. RFC 8259 requires escaping only `"`, `\\` and the control
-/// characters below U+0020; runs of other bytes are copied whole. (serde_json's escaper, which
-/// this replaces on the per-request path, cost several times more per record.) Inline: most
-/// strings need no escape, and then it is one look and one copy.
+/// characters below U+0020; runs of other bytes are copied whole. Inline: most strings need
+/// no escape, and then it is one look and one copy.
 #[inline]
 pub(crate) fn json_str(buf: &mut impl Out, s: &str) {
     let bytes = s.as_bytes();
@@ -296,14 +264,6 @@ pub(crate) fn json_bytes(buf: &mut impl Out, value: &[u8]) {
     }
 }
 
-/// Writes an IP address as a JSON string (its text never needs escaping).
-fn push_ip(buf: &mut Vec<u8>, ip: IpAddr) {
-    let mut rec = Rec::new(buf);
-    rec.put(b"\"");
-    rec.ip(ip);
-    rec.put(b"\"");
-}
-
 fn level_name(level: Level) -> &'static str {
     match level {
         Level::Error => "error",
@@ -314,13 +274,12 @@ fn level_name(level: Level) -> &'static str {
     }
 }
 
-/// The length of a [`timestamp_bytes`] text.
-pub const TIMESTAMP_LEN: usize = 24;
+/// The length of a [`timestamp`].
+pub(crate) const TIMESTAMP_LEN: usize = 24;
 
-/// RFC 3339 in UTC with milliseconds, `2026-11-26T05:20:15.123Z`, as a fixed-size array:
-/// an event's record and its answer share one formatting, and digits written into an array
-/// cost a fraction of `write!` or of appending to a `Vec` piece by piece.
-pub fn timestamp_bytes(t: OffsetDateTime) -> [u8; TIMESTAMP_LEN] {
+/// The one timestamp format of records and answers: RFC 3339 in UTC with milliseconds,
+/// `2026-11-26T05:20:15.123Z`, as a fixed-size array.
+pub(crate) fn timestamp(t: OffsetDateTime) -> [u8; TIMESTAMP_LEN] {
     let (year, month, day) = t.to_calendar_date();
     let (h, mi, s, ms) = t.to_hms_milli();
     let mut text = *b"0000-00-00T00:00:00.000Z";
@@ -334,25 +293,9 @@ pub fn timestamp_bytes(t: OffsetDateTime) -> [u8; TIMESTAMP_LEN] {
         (17, 2, u32::from(s)),
         (20, 3, u32::from(ms)),
     ] {
-        let mut n = n;
-        for d in text[at..at + width].iter_mut().rev() {
-            *d = b'0' + (n % 10) as u8;
-            n /= 10;
-        }
+        decimal(&mut text[at..at + width], u64::from(n));
     }
     text
-}
-
-/// Appends [`timestamp_bytes`] of `t`.
-pub fn write_timestamp(buf: &mut Vec<u8>, t: OffsetDateTime) {
-    buf.extend_from_slice(&timestamp_bytes(t));
-}
-
-/// A timestamp as a string (for JSON answers such as `received_at`).
-pub fn timestamp(t: OffsetDateTime) -> String {
-    let mut buf = Vec::with_capacity(24);
-    write_timestamp(&mut buf, t);
-    String::from_utf8(buf).expect("a timestamp is ASCII")
 }
 
 #[cfg(test)]
@@ -364,16 +307,12 @@ mod tests {
         let mut buf = Vec::new();
         let mut line = Line::start(&mut buf, Level::Info, "m");
         line.str("a", "x\n{\"level\":\"error\"}\r\u{1b}[31m\u{0}")
-            .bytes("b", b"\xff\xfe")
             .u64("n", 0)
-            .u64("m", u64::MAX)
-            .ip("v4", [10, 0, 0, 255].into())
-            .ip("v6", IpAddr::V6(1.into()));
+            .u64("m", u64::MAX);
         line.finish();
         assert_eq!(buf.iter().filter(|&&b| b == b'\n').count(), 1);
         let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
         assert_eq!(v["a"], "x\n{\"level\":\"error\"}\r\u{1b}[31m\u{0}");
-        assert_eq!(v["b"], "\u{fffd}\u{fffd}");
         assert_eq!(v["level"], "info");
         assert_eq!(
             (v["n"].as_u64(), v["m"].as_u64()),
@@ -383,9 +322,12 @@ mod tests {
         let mut buf = Vec::new();
         json_str(&mut buf, &all);
         assert_eq!(serde_json::from_slice::<String>(&buf).unwrap(), all);
+        // Bytes that are not UTF-8 become U+FFFD.
+        let mut buf = Vec::new();
+        json_bytes(&mut buf, b"\xff\xfe");
         assert_eq!(
-            (v["v4"].as_str(), v["v6"].as_str()),
-            (Some("10.0.0.255"), Some("::1"))
+            serde_json::from_slice::<String>(&buf).unwrap(),
+            "\u{fffd}\u{fffd}"
         );
     }
 
@@ -410,15 +352,15 @@ mod tests {
         assert_eq!(buf, b"00723442");
     }
 
-    /// The table-driven IPv4 text matches the standard library's, octet values of every width.
+    /// The IPv4 text matches the standard library's, octet values of every width.
     #[test]
     fn ipv4_text_matches_std() {
         for octet in 0..=255u8 {
             for ip in [[octet, 0, 9, 10], [255, 99, 100, octet]] {
                 let ip = IpAddr::from(ip);
                 let mut buf = Vec::new();
-                push_ip(&mut buf, ip);
-                assert_eq!(buf, format!("\"{ip}\"").into_bytes());
+                Rec::new(&mut buf).ip(ip);
+                assert_eq!(buf, ip.to_string().into_bytes());
             }
         }
     }
@@ -426,12 +368,12 @@ mod tests {
     #[test]
     fn timestamp_is_rfc3339_utc_millis() {
         let t = OffsetDateTime::from_unix_timestamp_nanos(1_764_134_415_123_456_789).unwrap();
-        assert_eq!(timestamp(t), "2025-11-26T05:20:15.123Z");
+        assert_eq!(&timestamp(t), b"2025-11-26T05:20:15.123Z");
         let t = OffsetDateTime::from_unix_timestamp_nanos(946_684_799_009_000_000).unwrap();
-        assert_eq!(timestamp(t), "1999-12-31T23:59:59.009Z");
+        assert_eq!(&timestamp(t), b"1999-12-31T23:59:59.009Z");
         assert_eq!(
-            timestamp(OffsetDateTime::UNIX_EPOCH),
-            "1970-01-01T00:00:00.000Z"
+            &timestamp(OffsetDateTime::UNIX_EPOCH),
+            b"1970-01-01T00:00:00.000Z"
         );
     }
 }

@@ -5,11 +5,11 @@ use hyper::header::{ALLOW, CONNECTION, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde_json::json;
 
-use crate::body::{self, Body};
+use super::body::{self, Body};
 
 /// A request the service refuses or cannot serve.
 #[derive(Debug)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     /// 400: malformed JSON or an unreadable body; the text says where.
     BadRequest(String),
     NotFound,
@@ -31,7 +31,7 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub fn status(&self) -> StatusCode {
+    pub(super) fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -60,7 +60,7 @@ impl ApiError {
 
     /// The JSON answer. Errors raised before the body was read close the connection, since
     /// the unread body would otherwise be parsed as the next request.
-    pub fn into_response(self) -> Response<Body> {
+    pub(super) fn into_response(self) -> Response<Body> {
         let mut resp = body::json(self.status(), &json!({ "error": self.message() }));
         match self {
             ApiError::MethodNotAllowed(allow) => {

@@ -1,6 +1,6 @@
-//! Request handling: the router (one `match` over method and path), the small handlers, and
-//! the per-request envelope around every handler — request id, head checks, client address,
-//! the access record and the request counter. `POST /events` has a module of its own.
+//! The envelope around every request, whatever its route: the request id (the client's
+//! `X-Request-Id` if it is safe, else a new one), the head checks, the client's address, the
+//! request counter, the access record, and the headers every answer carries.
 
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
@@ -8,24 +8,20 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use hyper::body::Incoming;
 use hyper::header::{
     CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HOST, HeaderName, HeaderValue, USER_AGENT,
     X_CONTENT_TYPE_OPTIONS,
 };
 use hyper::http::request::Parts;
-use hyper::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use hyper::{HeaderMap, Method, Response, Version};
 use log::Level;
-use serde_json::{Value, json};
 
-pub use crate::app::App;
-use crate::body::{self, Body};
+use super::body::Body;
+use super::error::ApiError;
+use crate::app::App;
 use crate::config::Config;
-use crate::error::ApiError;
-use crate::events;
-use crate::health;
+use crate::healthcheck;
 use crate::ids::{Id, RequestId};
-use crate::json;
 use crate::logging::Access;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -37,89 +33,21 @@ static NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 /// A browser must take the JSON as JSON, never sniff it into something it would run.
 static NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
 
-/// The routes, as listed by `GET /`: method(s), path, purpose.
-const ROUTES: &[(&str, &str, &str)] = &[
-    ("GET, HEAD", "/", "service information"),
-    (
-        "GET, HEAD",
-        "/health",
-        "health probe: 200 {\"status\":\"ok\"} or 503",
-    ),
-    (
-        "POST",
-        "/events",
-        "record a JSON event {\"type\": ..., \"data\": ...}; 201 once it is on disk",
-    ),
-];
-
-/// How [`answer_now`] answered a request.
-pub enum Answer {
-    /// The answer, and when it was ready.
-    Now(Response<Body>, Instant),
-    /// `POST /events`, given back for [`answer_later`].
-    Later(Request<Incoming>),
-}
-
-/// Answers a request on the spot, as hyper hands it over, unless it is `POST /events` (the
-/// one route that waits, for its body and the disk), which it gives back for [`answer_later`].
-/// hyper reads on for the next request before it first polls the answer's future, and a
-/// request still alive then holds the read buffer its head was parsed from, so that read
-/// would allocate a new one: answered here, the request is gone by then.
-pub fn answer_now(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Answer {
-    if req.method() == Method::POST && req.uri().path() == "/events" {
-        return Answer::Later(req);
-    }
-    let start = Instant::now();
-    let (mut head, _body) = req.into_parts();
-    let mut generated = None;
-    let env = Envelope::open(app, &head, peer, start, &mut generated);
-    let result = check_head(&head, &env.fields, app.cfg.max_header_bytes)
-        .and_then(|()| route_now(app, &head).expect("POST /events was given back"));
-    let mut resp = result.unwrap_or_else(ApiError::into_response);
-    let end = Instant::now();
-    let request_id = env.record(app, start, end, &head, &resp);
-    finish(app, &mut head, &mut resp, request_id);
-    Answer::Now(resp, end)
-}
-
-/// Answers a request [`answer_now`] gave back (`POST /events`), in the same envelope: stamps
-/// the request id, waits for the event to be taken, writes the access record. Also gives when
-/// the answer was ready.
-pub async fn answer_later(
-    app: &App,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-) -> (Response<Body>, Instant) {
-    let start = Instant::now();
-    // The head stays here, for the access record; only the body goes to the handler.
-    let (mut head, body) = req.into_parts();
-    let mut generated = None;
-    let env = Envelope::open(app, &head, peer, start, &mut generated);
-    let result = match check_head(&head, &env.fields, app.cfg.max_header_bytes) {
-        Err(e) => Err(e),
-        Ok(()) => events::create(app, &head, body, env.rid, env.client).await,
-    };
-    let mut resp = result.unwrap_or_else(ApiError::into_response);
-    let end = Instant::now();
-    let request_id = env.record(app, start, end, &head, &resp);
-    finish(app, &mut head, &mut resp, request_id);
-    (resp, end)
-}
-
 /// What the envelope knows of a request before it is routed.
-struct Envelope<'a> {
+pub(super) struct Envelope<'a> {
     fields: Fields<'a>,
     /// The client's id if it passes the check, else a new one: as a RequestId (the proof it
     /// needs no escaping) for the record, and as a header value for the answer.
-    rid: RequestId<'a>,
+    pub(super) rid: RequestId<'a>,
     request_id: HeaderValue,
     peer_ip: IpAddr,
-    client: IpAddr,
+    /// The client's address (see [`client_ip`]).
+    pub(super) client: IpAddr,
 }
 
 impl<'a> Envelope<'a> {
     /// `generated` holds the request's id if it is a new one (dated `start`).
-    fn open(
+    pub(super) fn open(
         app: &App,
         head: &'a Parts,
         peer: SocketAddr,
@@ -150,9 +78,15 @@ impl<'a> Envelope<'a> {
         }
     }
 
+    /// Refuses heads beyond the configured size, and HTTP/1.1 requests without exactly one
+    /// `Host` (see [`check_head`]).
+    pub(super) fn check_head(&self, app: &App, head: &Parts) -> Result<(), ApiError> {
+        check_head(head, &self.fields, app.cfg.max_header_bytes)
+    }
+
     /// Counts the request and writes its access record (`resp` was ready at `end`); gives
-    /// back the id for the answer.
-    fn record(
+    /// back the id, for [`finish`] to put on the answer.
+    pub(super) fn record(
         self,
         app: &App,
         start: Instant,
@@ -167,7 +101,7 @@ impl<'a> Envelope<'a> {
             .fields
             .user_agent
             .map_or(&b""[..], HeaderValue::as_bytes);
-        let probe = self.peer_ip.is_loopback() && user_agent.starts_with(health::PROBE_AGENT);
+        let probe = self.peer_ip.is_loopback() && user_agent.starts_with(healthcheck::PROBE_AGENT);
         let level = if probe { Level::Debug } else { Level::Info };
         if app.sink.enabled(level) {
             let bytes = if head.method == Method::HEAD {
@@ -217,11 +151,16 @@ fn id_header(id: &Id) -> HeaderValue {
 
 /// The answer as sent: its headers (see [`answer_headers`]), and `Connection: close` while
 /// draining.
-fn finish(app: &App, head: &mut Parts, resp: &mut Response<Body>, request_id: HeaderValue) {
+pub(super) fn finish(
+    app: &App,
+    head: &mut Parts,
+    resp: &mut Response<Body>,
+    request_id: HeaderValue,
+) {
     // The request's map goes to the answer, the handler's to the request, which drops it.
     std::mem::swap(&mut head.headers, resp.headers_mut());
     answer_headers(resp.headers_mut(), &mut head.headers, request_id);
-    if app.draining() {
+    if app.phases.draining() {
         // hyper closes the connection after this answer: a keep-alive client reconnects,
         // through its load balancer, to a replica that is not going away.
         resp.headers_mut()
@@ -250,48 +189,6 @@ fn body_len(resp: &Response<Body>) -> u64 {
     hyper::body::Body::size_hint(resp.body())
         .exact()
         .unwrap_or(0)
-}
-
-/// The router, for the routes that answer without waiting: all but `POST /events` (`None`),
-/// which [`answer_later`] takes. HEAD is served wherever GET is; hyper drops the body of HEAD
-/// answers.
-fn route_now(app: &App, head: &Parts) -> Option<Result<Response<Body>, ApiError>> {
-    Some(match (&head.method, head.uri.path()) {
-        (&Method::GET | &Method::HEAD, "/") => Ok(info(app)),
-        (&Method::GET | &Method::HEAD, "/health") => Ok(health::respond(app)),
-        (&Method::POST, "/events") => return None,
-        (_, "/" | "/health") => Err(ApiError::MethodNotAllowed("GET, HEAD")),
-        (_, "/events") => Err(ApiError::MethodNotAllowed("POST")),
-        _ => Err(ApiError::NotFound),
-    })
-}
-
-/// `GET /`: who this is and how it is doing.
-fn info(app: &App) -> Response<Body> {
-    let cap = app.cap.snapshot(Instant::now());
-    let routes: Vec<Value> = ROUTES
-        .iter()
-        .map(|(m, p, d)| json!({ "methods": m, "path": p, "description": d }))
-        .collect();
-    body::json(
-        StatusCode::OK,
-        &json!({
-            "service": env!("CARGO_PKG_NAME"),
-            "version": env!("CARGO_PKG_VERSION"),
-            "hostname": app.hostname,
-            "started_at": json::timestamp(app.started_at),
-            "uptime_seconds": app.started.elapsed().as_secs(),
-            "requests_served": app.requests.load(Ordering::Relaxed) + 1,
-            "events_accepted": app.events.load(Ordering::Relaxed),
-            "connections": {
-                "max": app.cfg.max_connections,
-                "at_cap_ms": cap.at_cap.as_millis() as u64,
-                "evicted_idle": cap.evicted_idle,
-                "evicted_head": cap.evicted_head,
-            },
-            "routes": routes,
-        }),
-    )
 }
 
 /// What the envelope reads from a request's header fields, gathered in one pass over them: a

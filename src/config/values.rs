@@ -1,0 +1,132 @@
+//! The kinds of values settings take: ports, counts, log levels, durations, IP networks.
+//! Each parser says only whether the text is one; `parse` words the error.
+
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use log::LevelFilter;
+
+pub(super) fn parse_port(s: &str) -> Result<u16, ()> {
+    s.parse::<u16>().map_err(drop)
+}
+
+pub(super) fn positive(s: &str) -> Result<usize, ()> {
+    match s.parse::<usize>() {
+        Ok(0) | Err(_) => Err(()),
+        Ok(n) => Ok(n),
+    }
+}
+
+pub(super) fn parse_level(s: &str) -> Result<LevelFilter, ()> {
+    match s.to_ascii_lowercase().as_str() {
+        "off" => Ok(LevelFilter::Off),
+        "error" => Ok(LevelFilter::Error),
+        "warn" => Ok(LevelFilter::Warn),
+        "info" => Ok(LevelFilter::Info),
+        "debug" => Ok(LevelFilter::Debug),
+        _ => Err(()),
+    }
+}
+
+/// A [`duration`], or `0`.
+pub(super) fn duration_or_zero(s: &str) -> Result<Duration, ()> {
+    if s.trim() == "0" {
+        Ok(Duration::ZERO)
+    } else {
+        duration(s)
+    }
+}
+
+/// `250ms`, `10s`, `2m`, or a bare number of seconds; zero is refused (use
+/// [`duration_or_zero`] where it means "none").
+pub(super) fn duration(s: &str) -> Result<Duration, ()> {
+    let s = s.trim();
+    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let secs = num.parse::<f64>().map_err(drop)? * scale;
+    if secs.is_finite() && secs > 0.0 && secs <= 86_400.0 {
+        Ok(Duration::from_secs_f64(secs))
+    } else {
+        Err(())
+    }
+}
+
+/// An IP network (`10.0.0.0/8`, `::1/128`); a bare address is a /32 or /128.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// Whether `ip` lies in this network. An IPv4-mapped IPv6 peer matches IPv4 networks.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                mask_eq(u32::from(net).into(), u32::from(ip).into(), self.prefix, 32)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                mask_eq(u128::from(net), u128::from(ip), self.prefix, 128)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn mask_eq(a: u128, b: u128, prefix: u8, bits: u8) -> bool {
+    let shift = u32::from(bits - prefix);
+    prefix == 0 || a.checked_shr(shift) == b.checked_shr(shift)
+}
+
+impl FromStr for IpNet {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<IpNet, ()> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr = IpAddr::from_str(addr).map_err(drop)?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.parse::<u8>().map_err(drop)?,
+            None => max,
+        };
+        if prefix > max {
+            return Err(());
+        }
+        Ok(IpNet { addr, prefix })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_networks() {
+        assert_eq!(duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(duration("0").is_err() && duration("-1s").is_err() && duration("x").is_err());
+        let net: IpNet = "172.16.0.0/12".parse().unwrap();
+        assert!(net.contains("172.31.255.1".parse().unwrap()));
+        assert!(!net.contains("172.32.0.1".parse().unwrap()));
+        assert!(net.contains("::ffff:172.16.0.9".parse().unwrap()));
+        let any: IpNet = "0.0.0.0/0".parse().unwrap();
+        assert!(any.contains("8.8.8.8".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<IpNet>().is_err());
+    }
+}

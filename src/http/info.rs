@@ -1,0 +1,56 @@
+//! `GET /`: who this replica is and how it is doing. Also the liveness probe: it answers
+//! whenever the server does, draining or not, log writable or not.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use hyper::{Response, StatusCode};
+use serde_json::{Value, json};
+
+use super::body::{self, Body};
+use crate::app::App;
+use crate::logging::json;
+
+/// The routes, as listed by `GET /`: method(s), path, purpose.
+const ROUTES: &[(&str, &str, &str)] = &[
+    ("GET, HEAD", "/", "service information"),
+    (
+        "GET, HEAD",
+        "/health",
+        "health probe: 200 {\"status\":\"ok\"} or 503",
+    ),
+    (
+        "POST",
+        "/events",
+        "record a JSON event {\"type\": ..., \"data\": ...}; 201 once it is on disk",
+    ),
+];
+
+/// `GET /`: who this is and how it is doing.
+pub(super) fn get(app: &App) -> Response<Body> {
+    let cap = app.cap.snapshot(Instant::now());
+    let started_at = json::timestamp(app.started_at);
+    let routes: Vec<Value> = ROUTES
+        .iter()
+        .map(|(m, p, d)| json!({ "methods": m, "path": p, "description": d }))
+        .collect();
+    body::json(
+        StatusCode::OK,
+        &json!({
+            "service": env!("CARGO_PKG_NAME"),
+            "version": env!("CARGO_PKG_VERSION"),
+            "hostname": app.hostname,
+            "started_at": String::from_utf8_lossy(&started_at),
+            "uptime_seconds": app.started.elapsed().as_secs(),
+            "requests_served": app.requests.load(Ordering::Relaxed) + 1,
+            "events_accepted": app.events.load(Ordering::Relaxed),
+            "connections": {
+                "max": app.cfg.max_connections,
+                "at_cap_ms": cap.at_cap.as_millis() as u64,
+                "evicted_idle": cap.evicted_idle,
+                "evicted_head": cap.evicted_head,
+            },
+            "routes": routes,
+        }),
+    )
+}
