@@ -18,8 +18,8 @@ mod keys;
 pub(crate) use keys::decode;
 use keys::{Key, duplicate, key_text, push_path_key};
 
-/// Deepest nesting accepted, counting the outermost value; serde_json's limit, which the
-/// service applied before this scanner.
+/// Deepest nesting accepted, counting the outermost value: serde_json's limit, so that any
+/// body accepted here is one a consumer reading the log with serde_json can read too.
 pub(crate) const MAX_DEPTH: usize = 128;
 
 /// A scanned document: the text without insignificant whitespace, and the members of the
