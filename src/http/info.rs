@@ -7,24 +7,10 @@ use std::time::Instant;
 use hyper::{Response, StatusCode};
 use serde_json::{Value, json};
 
+use super::ROUTES;
 use super::body::{self, Body};
 use crate::app::App;
 use crate::logging::json;
-
-/// The routes, as listed by `GET /`: method(s), path, purpose.
-const ROUTES: &[(&str, &str, &str)] = &[
-    ("GET, HEAD", "/", "service information"),
-    (
-        "GET, HEAD",
-        "/health",
-        "health probe: 200 {\"status\":\"ok\"} or 503",
-    ),
-    (
-        "POST",
-        "/events",
-        "record a JSON event {\"type\": ..., \"data\": ...}; 201 once it is on disk",
-    ),
-];
 
 /// `GET /`: who this is and how it is doing.
 pub(super) fn get(app: &App) -> Response<Body> {

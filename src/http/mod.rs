@@ -23,6 +23,21 @@ use body::Body;
 use envelope::Envelope;
 use error::ApiError;
 
+/// The routes, as `GET /` lists them: method(s), path, purpose. Keep in step with [`route`].
+const ROUTES: &[(&str, &str, &str)] = &[
+    ("GET, HEAD", "/", "service information"),
+    (
+        "GET, HEAD",
+        "/health",
+        "health probe: 200 {\"status\":\"ok\"} or 503",
+    ),
+    (
+        "POST",
+        "/events",
+        "record a JSON event {\"type\": ..., \"data\": ...}; 201 once it is on disk",
+    ),
+];
+
 /// Answers one request, and gives the instant its answer was ready (the access record's, and
 /// where the connection's idle time starts).
 pub(crate) async fn handle(
