@@ -4,12 +4,17 @@
 //! parsed into a tree and re-encoded, which would change numbers and escapes.
 
 use std::borrow::Cow;
+use std::future::{Future, poll_fn};
+use std::pin::pin;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::http::request::Parts;
-use hyper::{Response, StatusCode};
+use hyper::{HeaderMap, Response, StatusCode};
 use time::OffsetDateTime;
 
 use super::body::{self, Body};
@@ -27,10 +32,10 @@ pub(super) async fn post(
     incoming: Incoming,
     env: &Envelope<'_>,
 ) -> Result<Response<Body>, ApiError> {
-    if !body::is_json(&head.headers) {
+    if !is_json(&head.headers) {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let bytes = body::read_limited(
+    let bytes = read_limited(
         &head.headers,
         incoming,
         app.cfg.max_body_bytes,
@@ -131,6 +136,55 @@ fn event_shape<'d>(doc: &'d Doc<'_>) -> Result<Event<'d>, ApiError> {
         kind,
         data: member("data").map(|m| &doc.text[m.value.clone()]),
     })
+}
+
+/// Whether `headers` declare a JSON body (`application/json`, parameters allowed).
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(v) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = v.split_once(';').map_or(v, |(e, _)| e).trim();
+    essence.eq_ignore_ascii_case("application/json")
+}
+
+/// Reads the whole body, refusing more than `limit` bytes (checked against `Content-Length`
+/// first, then while streaming, so a chunked body cannot slip past) and taking no longer than
+/// `timeout`.
+async fn read_limited(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
+    if let Some(len) = headers.get(CONTENT_LENGTH) {
+        // hyper has already rejected a malformed Content-Length; this is only the size check.
+        let declared = len
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(u64::MAX);
+        if declared > limit as u64 {
+            return Err(ApiError::TooLarge(limit));
+        }
+    }
+    // A small body usually arrives with its head and is in hyper's buffer already: one poll
+    // without a timer takes it, and arming the timer costs more than the rest of the read.
+    let mut collect = pin!(Limited::new(body, limit).collect());
+    let collected = match poll_fn(|cx| Poll::Ready(collect.as_mut().poll(cx))).await {
+        Poll::Ready(done) => Ok(done),
+        Poll::Pending => tokio::time::timeout(timeout, collect).await,
+    };
+    match collected {
+        Err(_elapsed) => Err(ApiError::Timeout),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::TooLarge(limit))
+        }
+        // The client went away or broke the framing mid-body.
+        Ok(Err(e)) => Err(ApiError::BadRequest(format!(
+            "could not read the request body: {e}"
+        ))),
+    }
 }
 
 #[cfg(test)]
