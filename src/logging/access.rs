@@ -84,11 +84,8 @@ fn access_record(
     rec.u64(a.bytes);
     rec.put(b",\"duration_us\":");
     rec.u64(a.duration_us);
-    rec.put(b",\"request_id\":\"");
-    rec.put(a.request_id.as_bytes());
-    rec.put(b"\",\"client\":\"");
-    rec.ip(a.client);
-    rec.put(b"\",\"user_agent\":");
+    super::request_fields(&mut rec, a.request_id, a.client);
+    rec.put(b",\"user_agent\":");
     json_bytes(&mut rec, a.user_agent);
     rec.put(b"}\n");
 }

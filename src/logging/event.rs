@@ -32,11 +32,8 @@ pub(super) fn write(out: &mut Vec<u8>, host: &[u8], r: &EventRecord<'_>) {
     rec.put(r.id);
     rec.put(b"\",\"type\":\"");
     rec.put(r.kind);
-    rec.put(b"\",\"request_id\":\"");
-    rec.put(r.request_id.as_bytes());
-    rec.put(b"\",\"client\":\"");
-    rec.ip(r.client);
     rec.put(b"\"");
+    super::request_fields(&mut rec, r.request_id, r.client);
     if let Some(data) = r.data {
         rec.put(b",\"data\":");
         rec.put(data);

@@ -12,8 +12,11 @@
 //! `stderr` writes to stderr.
 
 use std::fmt::Write as _;
+use std::net::IpAddr;
 
 use log::LevelFilter;
+
+use crate::ids::RequestId;
 
 mod access;
 mod event;
@@ -28,6 +31,17 @@ pub(crate) use access::Access;
 pub(crate) use event::EventRecord;
 pub use sink::{NotWritten, OpenError, Sink};
 pub use stderr::to_stderr;
+
+/// The fields that tie a record to its request, as the access and the event record both
+/// write them: `,"request_id":"…","client":"…"`.
+fn request_fields(rec: &mut json::Rec<'_>, request_id: RequestId<'_>, client: IpAddr) {
+    use json::Out;
+    rec.put(b",\"request_id\":\"");
+    rec.put(request_id.as_bytes());
+    rec.put(b"\",\"client\":\"");
+    rec.ip(client);
+    rec.put(b"\"");
+}
 
 /// Installs the global logger: diagnostics at `level` go to stderr and into `sink`, as JSON
 /// lines. Key-value pairs given to `log` macros become fields.
