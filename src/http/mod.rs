@@ -1,9 +1,11 @@
-//! HTTP: the one router and a file per handler. [`handle`] wraps every request in the same
-//! envelope (request id, head checks, client address, the access record, the headers every
-//! answer carries; see [`envelope`]) and routes it with one `match` over method and path.
+//! HTTP: the one router and a file per handler. [`handle`] routes every request with one
+//! `match` over method and path, and wraps it in the same envelope (request id, head checks,
+//! client address, the access record, the headers every answer carries; see `envelope`).
 //! Adding a route is one arm here and one new file.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Instant;
 
 use hyper::body::Incoming;
@@ -38,42 +40,68 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// Answers one request, and gives the instant its answer was ready (the access record's, and
-/// where the connection's idle time starts).
-pub(crate) async fn handle(
-    app: &App,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-) -> (Response<Body>, Instant) {
+/// An answer: ready, or to come (`POST /events`, which waits for its body and the disk). Both
+/// give the instant the answer was ready (the access record's, and where the connection's
+/// idle time starts).
+pub(crate) enum Answer {
+    Now(Response<Body>, Instant),
+    Later(Pin<Box<dyn Future<Output = (Response<Body>, Instant)> + Send>>),
+}
+
+/// The router: answers one request, in the envelope. The routes that need not wait are
+/// answered before this returns rather than in a future: hyper moves the future it is given
+/// into its connection state, and a future that holds the request costs more copying than
+/// the whole answer to `GET /health` (docs/performance.md). HEAD is served wherever GET is;
+/// hyper drops the body of HEAD answers.
+pub(crate) fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Answer {
     let start = Instant::now();
-    // The head stays here, for the envelope; only the body goes to a handler that reads it.
-    let (mut head, body) = req.into_parts();
+    let (head, body) = req.into_parts();
+    let handler: Handler = match (&head.method, head.uri.path()) {
+        (&Method::GET | &Method::HEAD, "/") => |app| Ok(info::get(app)),
+        (&Method::GET | &Method::HEAD, "/health") => |app| Ok(health::get(app)),
+        (&Method::POST, "/events") => {
+            let answer = post_event(Arc::clone(app), head, body, peer, start);
+            return Answer::Later(Box::pin(answer));
+        }
+        (_, "/" | "/health") => |_| Err(ApiError::MethodNotAllowed("GET, HEAD")),
+        (_, "/events") => |_| Err(ApiError::MethodNotAllowed("POST")),
+        _ => |_| Err(ApiError::NotFound),
+    };
+    now(app, head, peer, start, handler)
+}
+
+/// A route that answers at once.
+type Handler = fn(&App) -> Result<Response<Body>, ApiError>;
+
+/// Answers with `handler`, in the envelope.
+fn now(app: &App, mut head: Parts, peer: SocketAddr, start: Instant, handler: Handler) -> Answer {
     let mut generated = None;
     let env = Envelope::open(app, &head, peer, start, &mut generated);
-    let result = match env.check_head(app, &head) {
-        Err(e) => Err(e),
-        Ok(()) => route(app, &head, body, &env).await,
-    };
+    let result = env.check_head(app, &head).and_then(|()| handler(app));
     let mut resp = result.unwrap_or_else(ApiError::into_response);
     let end = Instant::now();
     let request_id = env.record(app, start, end, &head, &resp);
     envelope::finish(app, &mut head, &mut resp, request_id);
-    (resp, end)
+    Answer::Now(resp, end)
 }
 
-/// The router. HEAD is served wherever GET is; hyper drops the body of HEAD answers.
-async fn route(
-    app: &App,
-    head: &Parts,
+/// `POST /events`, in the envelope.
+async fn post_event(
+    app: Arc<App>,
+    mut head: Parts,
     body: Incoming,
-    env: &Envelope<'_>,
-) -> Result<Response<Body>, ApiError> {
-    match (&head.method, head.uri.path()) {
-        (&Method::GET | &Method::HEAD, "/") => Ok(info::get(app)),
-        (&Method::GET | &Method::HEAD, "/health") => Ok(health::get(app)),
-        (&Method::POST, "/events") => events::post(app, head, body, env).await,
-        (_, "/" | "/health") => Err(ApiError::MethodNotAllowed("GET, HEAD")),
-        (_, "/events") => Err(ApiError::MethodNotAllowed("POST")),
-        _ => Err(ApiError::NotFound),
-    }
+    peer: SocketAddr,
+    start: Instant,
+) -> (Response<Body>, Instant) {
+    let mut generated = None;
+    let env = Envelope::open(&app, &head, peer, start, &mut generated);
+    let result = match env.check_head(&app, &head) {
+        Err(e) => Err(e),
+        Ok(()) => events::post(&app, &head, body, &env).await,
+    };
+    let mut resp = result.unwrap_or_else(ApiError::into_response);
+    let end = Instant::now();
+    let request_id = env.record(&app, start, end, &head, &resp);
+    envelope::finish(&app, &mut head, &mut resp, request_id);
+    (resp, end)
 }

@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::app::App;
-use crate::http;
+use crate::http::{self, Answer};
 use crate::shutdown::Shutdown;
 
 mod activity;
@@ -96,11 +96,22 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
         let conn_app = Arc::clone(&app);
         let service = service_fn(move |req: Request<Incoming>| {
             activity.begin();
-            let (app, activity) = (Arc::clone(&conn_app), Arc::clone(&activity));
+            let answer = match http::handle(&conn_app, req, peer) {
+                Answer::Now(resp, end) => {
+                    activity.finish(end);
+                    Ok(resp)
+                }
+                Answer::Later(answer) => Err((answer, Arc::clone(&activity))),
+            };
             async move {
-                let (resp, end) = http::handle(&app, req, peer).await;
-                activity.finish(end);
-                Ok::<_, Infallible>(resp)
+                match answer {
+                    Ok(resp) => Ok::<_, Infallible>(resp),
+                    Err((answer, activity)) => {
+                        let (resp, end) = answer.await;
+                        activity.finish(end);
+                        Ok(resp)
+                    }
+                }
             }
         });
         let conn = http.serve_connection(TokioIo::new(io), service);
