@@ -4,8 +4,9 @@
 # the runtime properties (routes from the host and from a sibling container, uid 10001,
 # read-only root, logs on the host that survive restart and down/up, unhealthy on a full log
 # disk, fast clean `docker stop`, restart after kill -9, first run by a normal user), and runs
-# the README's plain `docker run` recipe (its own network, --prepare-logs, the hardened run, a
-# sibling calling it by container name, the log readable on the host) with the same flags.
+# the plain `docker run` recipe of docs/deploy.md (its own network, --prepare-logs, the
+# hardened run, a sibling calling it by container name, the log readable on the host) with the
+# same flags.
 # Prints PASS/FAIL per check, then "N passed, N failed"; exits 1 if any check failed.
 # Removes its containers, networks, temp dirs, mounts and test user, even on failure.
 #
@@ -230,9 +231,9 @@ if [ "${CT_BUILDKIT:-1}" = 1 ]; then
   fi
 fi
 
-# ---- 2. the README's plain `docker run` recipe ---------------------------------------------
-# The commands of README "Without compose: docker run", flag for flag; only the image tag, the
-# names, the host port and the curl image are this run's own. The log directory is made by
+# ---- 2. the plain `docker run` recipe -------------------------------------------------------
+# The commands of docs/deploy.md, "Without compose: docker run", flag for flag; only the image
+# tag, the names, the host port and the curl image are this run's own. The log directory is made by
 # the engine (root-owned), the case --prepare-logs is there for.
 note "docker run recipe (network $RUN_NET, 127.0.0.1:$RUN_PORT)"
 RUNDIR=$WORK/run
