@@ -3,7 +3,7 @@
 # no libc, no package manager. Builds with BuildKit, the legacy builder (docker-compose v1)
 # and offline: no `# syntax=` line, no `RUN --mount`.
 
-# Pinned toolchain; CI passes a local stand-in of the same image (see README, "Tests").
+# Pinned toolchain; CI passes a local stand-in of the same image (see docs/testing.md).
 ARG BUILDER_IMAGE=rust:1.95-slim-bookworm
 
 # ---- build: static binary ------------------------------------------------------------------
