@@ -93,10 +93,7 @@ on_exit cleanup
 # ---- helpers -------------------------------------------------------------------------------
 
 # compose for the root stack, with the environment compose.yaml reads
-dc() {
-  (cd "$DIR" && BUILDER_IMAGE=$BUILDER_IMAGE API_IMAGE=$IMAGE API_PUBLISH=127.0.0.1:$PORT \
-    timeout 1800 "${COMPOSE[@]}" -p "$PROJECT" "$@")
-}
+dc() { API_PUBLISH=127.0.0.1:$PORT compose "$@"; }
 cid_of() { # container id of a service of project $1
   "$DOCKER" ps -aq --filter "label=com.docker.compose.project=$1" \
     --filter "label=com.docker.compose.service=$2" | head -n 1

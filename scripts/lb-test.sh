@@ -65,9 +65,8 @@ on_exit cleanup
 
 # compose with both files and the environment they read; replicas get free 127.0.0.1 ports
 dc() {
-  (cd "$DIR" && BUILDER_IMAGE=$BUILDER_IMAGE API_IMAGE=$IMAGE API_PUBLISH=127.0.0.1: \
-    LB_PUBLISH=127.0.0.1:$PORT LB_NET=$LB_NET NGINX_IMAGE=$NGINX_IMAGE \
-    timeout 1800 "${COMPOSE[@]}" -p "$PROJECT" -f compose.yaml -f compose.nginx.yaml "$@")
+  API_PUBLISH=127.0.0.1: LB_PUBLISH=127.0.0.1:$PORT LB_NET=$LB_NET NGINX_IMAGE=$NGINX_IMAGE \
+    compose -f compose.yaml -f compose.nginx.yaml "$@"
 }
 replicas() {
   "$DOCKER" ps -q --filter "label=com.docker.compose.project=$PROJECT" \

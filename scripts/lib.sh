@@ -48,6 +48,13 @@ on_exit() {
 }
 
 # ---- containers ----------------------------------------------------------------------------
+# compose ARGS...: the compose command (the COMPOSE array) for project $PROJECT, run in $DIR
+# with the image variables compose.yaml reads; callers put their own variables in front.
+compose() {
+  (cd "$DIR" && BUILDER_IMAGE=$BUILDER_IMAGE API_IMAGE=$IMAGE \
+    timeout 1800 "${COMPOSE[@]}" -p "$PROJECT" "$@")
+}
+
 # health_of CONTAINER: its health status, or nothing if it has no healthcheck (or is gone).
 health_of() { "${DOCKER:-docker}" inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$1" 2>/dev/null; }
 
