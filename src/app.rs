@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 use crate::config::{self, Config};
 use crate::ids::IdGen;
 use crate::logging::Sink;
+use crate::metrics::Metrics;
 use crate::shutdown::Phases;
 
 /// State shared by every connection of one server.
@@ -27,8 +28,10 @@ pub struct App {
     /// How far a shutdown has gone: from its first request on, `/health` answers 503 and
     /// answers close their connection, so load balancers and keep-alive clients move on.
     pub(crate) phases: Phases,
-    /// What happened at the connection cap, for `GET /` and the log.
+    /// What happened at the connection cap, for `GET /`, the log and the metrics.
     pub(crate) cap: CapCounters,
+    /// What the request path counts for Prometheus, if the metrics listener is on.
+    pub(crate) metrics: Option<Metrics>,
 }
 
 /// Time spent with every connection slot taken, and connections closed to make room.
@@ -38,6 +41,8 @@ pub(crate) struct CapCounters {
     pub(crate) evicted_idle: AtomicU64,
     /// Connections evicted part-way through a request head.
     pub(crate) evicted_head: AtomicU64,
+    /// Connections holding a slot now.
+    pub(crate) open: AtomicU64,
     at_cap: Mutex<AtCap>,
 }
 
@@ -55,6 +60,7 @@ pub(crate) struct CapSnapshot {
     pub(crate) reached: bool,
     pub(crate) evicted_idle: u64,
     pub(crate) evicted_head: u64,
+    pub(crate) open: u64,
 }
 
 impl CapCounters {
@@ -79,6 +85,7 @@ impl CapCounters {
             reached: current.is_some(),
             evicted_idle: self.evicted_idle.load(Ordering::Relaxed),
             evicted_head: self.evicted_head.load(Ordering::Relaxed),
+            open: self.open.load(Ordering::Relaxed),
         }
     }
 
@@ -90,6 +97,7 @@ impl CapCounters {
 impl App {
     /// The state of a server configured by `cfg` that logs to `sink`.
     pub fn new(cfg: Config, sink: Sink) -> App {
+        let cfg_metrics = cfg.metrics_port.is_some();
         App {
             cfg,
             sink,
@@ -101,6 +109,7 @@ impl App {
             events: AtomicU64::new(0),
             phases: Phases::default(),
             cap: CapCounters::default(),
+            metrics: cfg_metrics.then(Metrics::new),
         }
     }
 }

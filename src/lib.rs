@@ -30,6 +30,7 @@ mod healthcheck;
 mod http;
 mod ids;
 pub mod logging;
+mod metrics;
 mod prepare;
 mod rawjson;
 mod server;
@@ -39,7 +40,7 @@ mod signals;
 pub use app::App;
 pub use healthcheck::probe;
 pub use prepare::prepare_dir;
-pub use server::{listen, run};
+pub use server::{listen, listen_metrics, run, serve_metrics};
 pub use signals::listen as listen_for_signals;
 
 /// Locks `m`, ignoring poisoning: every critical section in this crate leaves its data

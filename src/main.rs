@@ -85,6 +85,7 @@ fn serve(cfg: Config) -> ExitCode {
 
     let result = runtime.block_on(async {
         let listener = api::listen(&cfg).await?;
+        let metrics = api::listen_metrics(&cfg).await?;
         let shutdown = api::listen_for_signals(sink.clone())?;
         log::info!(
             addr:% = listener.local_addr()?,
@@ -98,7 +99,12 @@ fn serve(cfg: Config) -> ExitCode {
             event_sync = cfg.event_sync.as_str();
             "listening"
         );
-        api::run(listener, Arc::new(App::new(cfg, sink.clone())), shutdown).await
+        let app = Arc::new(App::new(cfg, sink.clone()));
+        if let Some(metrics) = metrics {
+            log::info!(addr:% = metrics.local_addr()?; "metrics listening");
+            tokio::spawn(api::serve_metrics(metrics, Arc::clone(&app)));
+        }
+        api::run(listener, app, shutdown).await
     });
     // Connections still open after a forced shutdown are dropped with the runtime.
     runtime.shutdown_background();

@@ -59,6 +59,8 @@ pub struct Config {
     pub drain_delay: Duration,
     pub trusted_proxies: Vec<IpNet>,
     pub workers: usize,
+    /// The port of the metrics listener (on `host`), if it is on.
+    pub metrics_port: Option<u16>,
 }
 
 /// When an event's `201` is sent (`EVENT_SYNC`).
@@ -191,6 +193,12 @@ pub(super) const SETTINGS: &[Setting] = &[
         env: "TRUSTED_PROXIES",
         default: "",
         help: "comma-separated IPs or CIDRs whose X-Forwarded-For is believed",
+    },
+    Setting {
+        flag: "--metrics-port",
+        env: "METRICS_PORT",
+        default: "",
+        help: "serve GET /metrics (Prometheus) on this port of the same host; unset: off",
     },
     Setting {
         flag: "--workers",

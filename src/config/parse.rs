@@ -134,7 +134,23 @@ where
                 .map_err(drop)
                 .and_then(|n| if n <= 1024 { Ok(n) } else { Err(()) })
         })?,
+        metrics_port: typed(
+            get("--metrics-port"),
+            "a port number 0-65535 (0: any free port), or nothing for off",
+            |s| match s.trim() {
+                "" => Ok(None),
+                port => parse_port(port).map(Some),
+            },
+        )?,
     };
+
+    if cfg.metrics_port.is_some_and(|m| m != 0 && m == cfg.port) {
+        return Err(ConfigError(format!(
+            "invalid value '{}' for {}: the metrics port must differ from the API's port",
+            cfg.port,
+            get("--metrics-port").1
+        )));
+    }
 
     match (healthcheck, prepare) {
         (true, Some(_)) => Err(ConfigError(
@@ -285,6 +301,23 @@ mod tests {
             "only {{hostname}}"
         );
         assert!(parse(["--log-file", ""], env_of(&[])).is_err());
+    }
+
+    #[test]
+    fn metrics_port_is_off_unless_set_and_differs_from_the_port() {
+        assert_eq!(serve(&[], &[]).metrics_port, None);
+        assert_eq!(serve(&[], &[("METRICS_PORT", "")]).metrics_port, None);
+        assert_eq!(
+            serve(&["--metrics-port", "9464"], &[]).metrics_port,
+            Some(9464)
+        );
+        assert_eq!(
+            serve(&[], &[("METRICS_PORT", "0"), ("PORT", "0")]).metrics_port,
+            Some(0)
+        );
+        let e = parse(["--metrics-port", "8000"], env_of(&[])).unwrap_err();
+        assert!(e.0.contains("must differ from the API's port"), "{e}");
+        assert!(parse(["--metrics-port", "x"], env_of(&[])).is_err());
     }
 
     #[test]

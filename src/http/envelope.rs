@@ -95,6 +95,15 @@ impl<'a> Envelope<'a> {
         resp: &Response<Body>,
     ) -> HeaderValue {
         app.requests.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &app.metrics {
+            let status = resp.status().as_u16();
+            m.request(
+                &head.method,
+                head.uri.path(),
+                status,
+                end.duration_since(start),
+            );
+        }
 
         // A probe every few seconds from `--healthcheck` must not flood the file: debug level.
         let user_agent = self

@@ -50,7 +50,8 @@ pub(super) async fn post(
     })?;
     let Event { kind, data } = event_shape(&doc)?;
 
-    let id = app.ids.next(Instant::now());
+    let taken = Instant::now();
+    let id = app.ids.next(taken);
     let received_at = json::timestamp(OffsetDateTime::now_utc());
     let record = EventRecord {
         received_at: &received_at,
@@ -65,6 +66,9 @@ pub(super) async fn post(
         .await
         .map_err(|e| ApiError::Unavailable(e.0))?;
     app.events.fetch_add(1, Ordering::Relaxed);
+    if let Some(m) = &app.metrics {
+        m.event_written(taken.elapsed());
+    }
     // The id and type need no escaping (see `EventRecord`), so the answer is copied together.
     let answer = [
         &b"{\"id\":\""[..],

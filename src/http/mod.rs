@@ -20,10 +20,12 @@ mod error;
 mod events;
 mod health;
 mod info;
+mod metrics;
 
 use body::Body;
 use envelope::Envelope;
 use error::ApiError;
+pub(crate) use metrics::metrics;
 
 /// The routes, as `GET /` lists them: method(s), path, purpose. Keep in step with [`route`].
 const ROUTES: &[(&str, &str, &str)] = &[

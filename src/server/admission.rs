@@ -170,6 +170,7 @@ impl Admission {
         };
         held.conns[index] = Some(conn);
         held.open += 1;
+        self.app.cap.open.store(held.open as u64, Ordering::Relaxed);
         if held.open == self.app.cfg.max_connections {
             self.app.cap.reached(std::time::Instant::now());
             self.reached.notify_one();
@@ -297,6 +298,11 @@ impl Drop for Ticket {
             admission.app.cap.left(std::time::Instant::now());
         }
         held.open -= 1;
+        admission
+            .app
+            .cap
+            .open
+            .store(held.open as u64, Ordering::Relaxed);
         if let Some(conn) = held.conns[self.index].take() {
             conn.retire(); // no longer a victim, even for a batch that still holds it
         }

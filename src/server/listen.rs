@@ -13,10 +13,22 @@ use crate::config::Config;
 /// tokio nor std can clear `IPV6_V6ONLY` without unsafe code or another crate) and falls back
 /// to `0.0.0.0` where the kernel has IPv6 off. An address the user chose has no fallback.
 pub async fn listen(cfg: &Config) -> io::Result<TcpListener> {
-    let addr = SocketAddr::new(cfg.host, cfg.port);
+    listen_on(cfg, cfg.port).await
+}
+
+/// Binds the metrics port, if it is on, as [`listen`] binds the API's.
+pub async fn listen_metrics(cfg: &Config) -> io::Result<Option<TcpListener>> {
+    match cfg.metrics_port {
+        Some(port) => listen_on(cfg, port).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+async fn listen_on(cfg: &Config, port: u16) -> io::Result<TcpListener> {
+    let addr = SocketAddr::new(cfg.host, port);
     let listener = match bind_socket(addr) {
         Err(e) if cfg.host_fallback && ipv6_unavailable(&e) => {
-            let v4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), cfg.port);
+            let v4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port);
             log::info!(error:% = e; "IPv6 is off in this kernel; listening on IPv4 only");
             bind_socket(v4).map_err(|e| bind_error(v4, e))?
         }

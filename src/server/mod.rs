@@ -27,11 +27,13 @@ mod activity;
 mod admission;
 mod conn;
 mod listen;
+mod metrics;
 
 use activity::Activity;
 use admission::Admission;
 use conn::Guarded;
-pub use listen::listen;
+pub use listen::{listen, listen_metrics};
+pub use metrics::serve_metrics;
 
 /// Pause after an accept error that is not about one connection (e.g. out of file
 /// descriptors), so the loop waits for resources instead of spinning.

@@ -17,6 +17,8 @@ mod hostile;
 mod limits;
 /// Log records: format, escaping, durability, rotation, concurrent writers.
 mod logs;
+/// The metrics listener: exact counters, both exposition formats, its own cap.
+mod metrics;
 /// Past the connection cap: who makes room for new clients.
 mod overload;
 /// The binary: configuration errors, signals, `--healthcheck`.

@@ -43,6 +43,8 @@ impl Drop for TempDir {
 /// A server running in this process, with its log in a temp dir.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The metrics listener's address, when `METRICS_PORT` was among the settings.
+    pub metrics: Option<SocketAddr>,
     pub sink: Sink,
     pub log: PathBuf,
     pub trigger: Trigger,
@@ -88,10 +90,20 @@ pub async fn start_server_with(env: &[(&str, &str)]) -> TestServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (trigger, shutdown) = shutdown::channel();
+    let metrics_on = cfg.metrics_port.is_some();
     let app = Arc::new(App::new(cfg, sink.clone()));
+    let metrics = if metrics_on {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(api::serve_metrics(listener, Arc::clone(&app)));
+        Some(addr)
+    } else {
+        None
+    };
     let task = tokio::spawn(api::run(listener, app, shutdown));
     TestServer {
         addr,
+        metrics,
         sink,
         log,
         trigger,

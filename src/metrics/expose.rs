@@ -1,0 +1,317 @@
+//! The exposition: every metric as the Prometheus text format (version 0.0.4) or, when the
+//! scraper asks for it, OpenMetrics 1.0. The two differ in three places, all handled by
+//! [`Writer`]: a counter's family name (OpenMetrics drops `_total` from it), the build info's
+//! type, and OpenMetrics' closing `# EOF`.
+
+use std::fmt::{Display, Write as _};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::histogram::Snapshot;
+use super::process::Process;
+use super::{METHODS, ROUTES, STATUSES};
+use crate::app::App;
+
+/// The content type of the text format.
+pub(crate) const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The content type of OpenMetrics.
+pub(crate) const CONTENT_TYPE_OPENMETRICS: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Every metric of `app`, now.
+pub(crate) fn render(app: &App, open_metrics: bool) -> String {
+    let mut w = Writer {
+        out: String::with_capacity(16 * 1024),
+        open_metrics,
+    };
+    requests(&mut w, app);
+    events(&mut w, app);
+    log(&mut w, app);
+    connections(&mut w, app);
+    process(&mut w);
+    w.family(
+        "api_build_info",
+        Kind::Info,
+        "The service's version; always 1.",
+    );
+    w.sample(
+        "api_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1,
+    );
+    if open_metrics {
+        w.out.push_str("# EOF\n");
+    }
+    w.out
+}
+
+fn requests(w: &mut Writer, app: &App) {
+    let Some(m) = &app.metrics else {
+        return;
+    };
+    w.family(
+        "http_requests_total",
+        Kind::Counter,
+        "Requests answered, by route, method and status code.",
+    );
+    let mut series = m.requests.iter();
+    for route in ROUTES {
+        for method in METHODS {
+            for status in STATUSES {
+                let n = series.next().map_or(0, |c| c.load(Ordering::Relaxed));
+                // Only the combinations that happened: most never do (POST /health, say).
+                if n > 0 {
+                    let code = if status == 0 {
+                        "other".to_string()
+                    } else {
+                        status.to_string()
+                    };
+                    let labels = [("route", route), ("method", method), ("code", &code)];
+                    w.sample("http_requests_total", &labels, n);
+                }
+            }
+        }
+    }
+    w.family(
+        "http_request_duration_seconds",
+        Kind::Histogram,
+        "Time from a request's head to its answer being ready, by route.",
+    );
+    for (route, h) in ROUTES.iter().zip(&m.durations) {
+        w.histogram(
+            "http_request_duration_seconds",
+            ("route", route),
+            &h.snapshot(),
+        );
+    }
+}
+
+fn events(w: &mut Writer, app: &App) {
+    w.family(
+        "api_events_accepted_total",
+        Kind::Counter,
+        "Events acknowledged with a 201.",
+    );
+    let accepted = app.events.load(Ordering::Relaxed);
+    w.sample("api_events_accepted_total", &[], accepted);
+    if let Some(m) = &app.metrics {
+        w.family(
+            "api_event_write_duration_seconds",
+            Kind::Histogram,
+            "Time from an event being taken for writing to its acknowledgement: its batch's wait, write and (EVENT_SYNC=data) sync.",
+        );
+        let h = m.event_writes.snapshot();
+        w.histogram_unlabelled("api_event_write_duration_seconds", &h);
+    }
+}
+
+fn log(w: &mut Writer, app: &App) {
+    w.family(
+        "api_log_ready",
+        Kind::Gauge,
+        "1 while the log file can be written (readiness follows it), else 0.",
+    );
+    w.sample("api_log_ready", &[], u8::from(app.sink.failure().is_none()));
+    w.family(
+        "api_draining",
+        Kind::Gauge,
+        "1 once a shutdown has begun, else 0.",
+    );
+    w.sample("api_draining", &[], u8::from(app.phases.draining()));
+    if let Ok(meta) = std::fs::metadata(&app.cfg.log_file) {
+        w.family(
+            "api_log_file_bytes",
+            Kind::Gauge,
+            "Size of the log file being written.",
+        );
+        w.sample("api_log_file_bytes", &[], meta.len());
+    }
+}
+
+fn connections(w: &mut Writer, app: &App) {
+    let cap = app.cap.snapshot(Instant::now());
+    w.family(
+        "api_connections_open",
+        Kind::Gauge,
+        "Connections holding a slot.",
+    );
+    w.sample("api_connections_open", &[], cap.open);
+    w.family(
+        "api_connections_max",
+        Kind::Gauge,
+        "The connection cap (MAX_CONNECTIONS).",
+    );
+    w.sample("api_connections_max", &[], app.cfg.max_connections);
+    w.family(
+        "api_connections_evicted_total",
+        Kind::Counter,
+        "Connections closed at the cap to make room: idle ones, or ones part-way through a head.",
+    );
+    w.sample(
+        "api_connections_evicted_total",
+        &[("kind", "idle")],
+        cap.evicted_idle,
+    );
+    w.sample(
+        "api_connections_evicted_total",
+        &[("kind", "head")],
+        cap.evicted_head,
+    );
+    w.family(
+        "api_connections_at_cap_seconds_total",
+        Kind::Counter,
+        "Time spent with every connection slot taken.",
+    );
+    w.sample(
+        "api_connections_at_cap_seconds_total",
+        &[],
+        cap.at_cap.as_secs_f64(),
+    );
+}
+
+fn process(w: &mut Writer) {
+    let p = Process::read();
+    let readings: [(&str, Kind, &str, Option<f64>); 6] = [
+        (
+            "process_cpu_seconds_total",
+            Kind::Counter,
+            "Total user and system CPU time spent in seconds.",
+            p.cpu_seconds,
+        ),
+        (
+            "process_resident_memory_bytes",
+            Kind::Gauge,
+            "Resident memory size in bytes.",
+            p.resident_bytes.map(|b| b as f64),
+        ),
+        (
+            "process_virtual_memory_bytes",
+            Kind::Gauge,
+            "Virtual memory size in bytes.",
+            p.virtual_bytes.map(|b| b as f64),
+        ),
+        (
+            "process_open_fds",
+            Kind::Gauge,
+            "Number of open file descriptors.",
+            p.open_fds.map(|n| n as f64),
+        ),
+        (
+            "process_max_fds",
+            Kind::Gauge,
+            "Maximum number of open file descriptors.",
+            p.max_fds.map(|n| n as f64),
+        ),
+        (
+            "process_start_time_seconds",
+            Kind::Gauge,
+            "Start time of the process since unix epoch in seconds.",
+            p.start_time_seconds,
+        ),
+    ];
+    for (name, kind, help, value) in readings {
+        if let Some(v) = value {
+            w.family(name, kind, help);
+            w.sample(name, &[], v);
+        }
+    }
+}
+
+/// A metric family's type.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+    /// A constant 1 whose labels say something (`gauge` in the text format).
+    Info,
+}
+
+/// Writes families and samples in the chosen format.
+struct Writer {
+    out: String,
+    open_metrics: bool,
+}
+
+impl Writer {
+    /// The `# HELP` and `# TYPE` lines of the family whose samples are named `name`.
+    fn family(&mut self, name: &str, kind: Kind, help: &str) {
+        let (family, kind) = match (kind, self.open_metrics) {
+            (Kind::Counter, true) => (name.strip_suffix("_total").unwrap_or(name), "counter"),
+            (Kind::Counter, false) => (name, "counter"),
+            (Kind::Gauge, _) => (name, "gauge"),
+            (Kind::Histogram, _) => (name, "histogram"),
+            (Kind::Info, true) => (name.strip_suffix("_info").unwrap_or(name), "info"),
+            (Kind::Info, false) => (name, "gauge"),
+        };
+        // Writing to a String cannot fail.
+        let _ = writeln!(self.out, "# HELP {family} {help}\n# TYPE {family} {kind}");
+    }
+
+    /// One sample. Label values are the service's own (routes, methods, codes, the version),
+    /// none of which needs escaping.
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{v}\"");
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+
+    /// A histogram's buckets, sum and count, with one label; observations in microseconds,
+    /// exposed in seconds.
+    fn histogram(&mut self, name: &str, label: (&str, &str), h: &Snapshot) {
+        self.histogram_with(name, Some(label), h);
+    }
+
+    fn histogram_unlabelled(&mut self, name: &str, h: &Snapshot) {
+        self.histogram_with(name, None, h);
+    }
+
+    fn histogram_with(&mut self, name: &str, label: Option<(&str, &str)>, h: &Snapshot) {
+        let bucket = format!("{name}_bucket");
+        let extra: Vec<(&str, &str)> = label.into_iter().collect();
+        for (bound, n) in h.bounds.iter().zip(&h.cumulative) {
+            let le = seconds(*bound);
+            let mut labels = extra.clone();
+            labels.push(("le", &le));
+            self.sample(&bucket, &labels, n);
+        }
+        let mut labels = extra.clone();
+        labels.push(("le", "+Inf"));
+        self.sample(&bucket, &labels, h.count);
+        self.sample(&format!("{name}_sum"), &extra, seconds(h.sum));
+        self.sample(&format!("{name}_count"), &extra, h.count);
+    }
+}
+
+/// Microseconds as seconds, exactly (`50` is `0.00005`), without float rounding noise.
+fn seconds(us: u64) -> String {
+    let (whole, frac) = (us / 1_000_000, us % 1_000_000);
+    if frac == 0 {
+        return format!("{whole}.0");
+    }
+    let frac = format!("{frac:06}");
+    format!("{whole}.{}", frac.trim_end_matches('0'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_are_exact_decimals() {
+        assert_eq!(seconds(50), "0.00005");
+        assert_eq!(seconds(2_500_000), "2.5");
+        assert_eq!(seconds(10_000_000), "10.0");
+        assert_eq!(seconds(0), "0.0");
+        assert_eq!(seconds(1_000_001), "1.000001");
+    }
+}

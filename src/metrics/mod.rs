@@ -1,0 +1,89 @@
+//! Numbers for Prometheus. [`Metrics`] holds what the request path counts, in atomics (no
+//! lock, no allocation); a scrape reads them together with what the rest of the service
+//! already keeps (the sink's write counters, the connection cap's, `/proc`) and writes the
+//! text format ([`expose`]). Off unless `METRICS_PORT` is set, and then the request path
+//! counts nothing: `App::metrics` is `None`.
+//!
+//! Label values are bounded: a route is one of the three or `other`, never the raw path; a
+//! method one of those the routes take or `other`; a status one the service answers with.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hyper::Method;
+
+mod expose;
+mod histogram;
+mod process;
+
+pub(crate) use expose::{CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, render};
+use histogram::Histogram;
+
+/// The routes as labels; anything else is `other`.
+const ROUTES: [&str; 4] = ["/", "/health", "/events", "other"];
+/// The methods as labels.
+const METHODS: [&str; 4] = ["GET", "HEAD", "POST", "other"];
+/// The statuses the service answers with (hyper's own answers to unparsable requests never
+/// reach it); any other is counted as `other`.
+const STATUSES: [u16; 14] = [
+    200, 201, 400, 404, 405, 408, 413, 415, 422, 431, 500, 501, 503, 0,
+];
+
+/// Request durations, in microseconds: 50 µs to 10 s.
+static DURATION_BOUNDS_US: [u64; 17] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+
+/// What the request path counts.
+pub(crate) struct Metrics {
+    /// Requests by route, method and status.
+    requests: Box<[AtomicU64]>,
+    /// Request durations by route.
+    durations: [Histogram; ROUTES.len()],
+    /// Time from an event's record being handed to the sink to its acknowledgement.
+    event_writes: Histogram,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Metrics {
+        let series = ROUTES.len() * METHODS.len() * STATUSES.len();
+        Metrics {
+            requests: (0..series).map(|_| AtomicU64::new(0)).collect(),
+            durations: std::array::from_fn(|_| Histogram::new(&DURATION_BOUNDS_US)),
+            event_writes: Histogram::new(&DURATION_BOUNDS_US),
+        }
+    }
+
+    /// Counts a request to `path` answered with `status` after `duration`.
+    pub(crate) fn request(&self, method: &Method, path: &str, status: u16, duration: Duration) {
+        let route = match path {
+            "/" => 0,
+            "/health" => 1,
+            "/events" => 2,
+            _ => 3,
+        };
+        let method = match *method {
+            Method::GET => 0,
+            Method::HEAD => 1,
+            Method::POST => 2,
+            _ => 3,
+        };
+        let status = STATUSES[..STATUSES.len() - 1]
+            .iter()
+            .position(|&s| s == status)
+            .unwrap_or(STATUSES.len() - 1);
+        let series = (route * METHODS.len() + method) * STATUSES.len() + status;
+        self.requests[series].fetch_add(1, Ordering::Relaxed);
+        self.durations[route].observe(micros(duration));
+    }
+
+    /// Counts an event acknowledged `wait` after its record was handed to the sink.
+    pub(crate) fn event_written(&self, wait: Duration) {
+        self.event_writes.observe(micros(wait));
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,68 @@
+//! The metrics listener: `GET /metrics` on a port of its own, for Prometheus. It shares
+//! nothing with the API's accept loop on purpose: it has its own small cap and no eviction,
+//! so a scraper never takes an API slot and a full API never hides its own numbers. hyper's
+//! header timer guards it against slow clients, and a connection lives at most
+//! [`CONNECTION_LIFETIME`], so the few slots always come back.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::Request;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use super::{ACCEPT_BACKOFF, per_connection};
+use crate::app::App;
+use crate::http;
+
+/// Connections served at once: a Prometheus server or two, with room for a person's curl.
+const MAX_CONNECTIONS: usize = 4;
+
+/// Longest a metrics connection stays open. A scraper keeps its connection alive between
+/// scrapes; closing it now and then costs it a reconnect, and bounds what a client that holds
+/// a slot without scraping can take.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Time to send a request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves `GET /metrics` on `listener` until the runtime stops.
+pub async fn serve_metrics(listener: TcpListener, app: Arc<App>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .keep_alive(true);
+    loop {
+        // Accept only with a free slot: beyond them, scrapers wait in the listen backlog.
+        let slot = Arc::clone(&slots)
+            .acquire_owned()
+            .await
+            .expect("the metrics slots are never closed");
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                if !per_connection(&e) {
+                    log::warn!(error:% = e; "metrics accept failed; pausing");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+                continue;
+            }
+        };
+        let app = Arc::clone(&app);
+        let service = service_fn(move |req: Request<Incoming>| {
+            let resp = http::metrics(&app, &req);
+            async move { Ok::<_, Infallible>(resp) }
+        });
+        let conn = http.serve_connection(TokioIo::new(stream), service);
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+            drop(slot);
+        });
+    }
+}

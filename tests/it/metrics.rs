@@ -1,0 +1,185 @@
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::kit::{self, Conn, HANG};
+use crate::support::start_server_with;
+
+/// The samples of one exposition, by series (`name{labels}`), failing the test on a line
+/// that is neither a comment nor `series value`.
+fn samples(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("line {l:?}"));
+            let value = value.parse().unwrap_or_else(|_| panic!("value in {l:?}"));
+            (series.to_string(), value)
+        })
+        .collect()
+}
+
+async fn scrape(addr: SocketAddr, accept: &str) -> kit::Resp {
+    kit::request(addr, "GET", "/metrics", &[("Accept", accept)], b"").await
+}
+
+/// Every answered request is counted once, by route, method and code, and its duration is in
+/// its route's histogram; events accepted and the event write histogram agree with the 201s.
+#[tokio::test]
+async fn counters_are_exact() {
+    let srv = start_server_with(&[("METRICS_PORT", "0")]).await;
+    let metrics = srv.metrics.expect("the metrics listener is on");
+    for _ in 0..7 {
+        assert_eq!(kit::get(srv.addr, "/health").await.status, 200);
+    }
+    for i in 0..5 {
+        let r = kit::post_event(srv.addr, &format!(r#"{{"type":"m","data":{i}}}"#)).await;
+        assert_eq!(r.status, 201);
+    }
+    assert_eq!(kit::post_event(srv.addr, "{").await.status, 400);
+    assert_eq!(kit::get(srv.addr, "/metrics").await.status, 404);
+    assert_eq!(kit::get(srv.addr, "/a/b?c").await.status, 404);
+    let r = kit::request(srv.addr, "DELETE", "/health", &[], b"").await;
+    assert_eq!(r.status, 405);
+    assert_eq!(
+        kit::request(srv.addr, "HEAD", "/", &[], b"").await.status,
+        200
+    );
+
+    let r = scrape(metrics, "text/plain").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let s = samples(&String::from_utf8(r.body).unwrap());
+    let req = |route: &str, method: &str, code: &str| {
+        let key =
+            format!(r#"http_requests_total{{route="{route}",method="{method}",code="{code}"}}"#);
+        s.get(&key).copied().unwrap_or(0.0)
+    };
+    assert_eq!(req("/health", "GET", "200"), 7.0);
+    assert_eq!(req("/events", "POST", "201"), 5.0);
+    assert_eq!(req("/events", "POST", "400"), 1.0);
+    assert_eq!(
+        req("other", "GET", "404"),
+        2.0,
+        "raw paths never become labels"
+    );
+    assert_eq!(req("/health", "other", "405"), 1.0);
+    assert_eq!(req("/", "HEAD", "200"), 1.0);
+    let total: f64 = s
+        .iter()
+        .filter(|(k, _)| k.starts_with("http_requests_total{"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(total, 17.0);
+    let count =
+        |route: &str| s[&format!(r#"http_request_duration_seconds_count{{route="{route}"}}"#)];
+    assert_eq!(
+        (
+            count("/health"),
+            count("/events"),
+            count("/"),
+            count("other")
+        ),
+        (8.0, 6.0, 1.0, 2.0)
+    );
+    let inf = s[r#"http_request_duration_seconds_bucket{route="/health",le="+Inf"}"#];
+    assert_eq!(inf, 8.0);
+    assert_eq!(s["api_events_accepted_total"], 5.0);
+    assert_eq!(s["api_event_write_duration_seconds_count"], 5.0);
+    assert_eq!(s["api_log_ready"], 1.0);
+    assert_eq!(s["api_draining"], 0.0);
+    assert_eq!(s[r#"api_build_info{version="0.1.0"}"#], 1.0);
+    assert!(s["api_log_file_bytes"] > 0.0);
+    assert!(s["process_resident_memory_bytes"] > 0.0);
+    assert!(s["process_open_fds"] > 0.0);
+}
+
+/// A scraper that prefers OpenMetrics, as Prometheus does, gets it: its content type, counter
+/// families named without `_total`, the build info as an info family, and `# EOF` last.
+#[tokio::test]
+async fn openmetrics_when_asked() {
+    let srv = start_server_with(&[("METRICS_PORT", "0")]).await;
+    let metrics = srv.metrics.unwrap();
+    kit::get(srv.addr, "/health").await;
+    let accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
+    let r = scrape(metrics, accept).await;
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    let text = String::from_utf8(r.body).unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert!(text.contains("# TYPE http_requests counter\n"));
+    assert!(text.contains("# TYPE api_build info\n"));
+    let s = samples(&text);
+    assert_eq!(
+        s[r#"http_requests_total{route="/health",method="GET",code="200"}"#],
+        1.0
+    );
+}
+
+/// The metrics port serves only GET and HEAD /metrics (404 elsewhere, 405 with `Allow` for
+/// other methods), and without METRICS_PORT there is no listener and nothing is counted.
+#[tokio::test]
+async fn metrics_port_serves_only_metrics() {
+    let srv = start_server_with(&[("METRICS_PORT", "0")]).await;
+    let metrics = srv.metrics.unwrap();
+    assert_eq!(kit::get(metrics, "/").await.status, 404);
+    assert_eq!(kit::get(metrics, "/health").await.status, 404);
+    let r = kit::request(metrics, "POST", "/metrics", &[], b"").await;
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD")));
+    let off = start_server_with(&[]).await;
+    assert!(off.metrics.is_none());
+    assert_eq!(kit::get(off.addr, "/metrics").await.status, 404);
+}
+
+/// With every API slot held by connections that cannot be evicted (slow bodies in progress),
+/// the metrics port still answers, and says so: the cap, the open connections and the time
+/// at the cap. Holding every metrics slot in turn does not stop the API.
+#[tokio::test]
+async fn metrics_and_api_do_not_share_slots() {
+    let srv = start_server_with(&[
+        ("METRICS_PORT", "0"),
+        ("MAX_CONNECTIONS", "2"),
+        ("BODY_TIMEOUT", "30s"),
+    ])
+    .await;
+    let metrics = srv.metrics.unwrap();
+    // Two POSTs whose bodies never finish: requests in progress, never evicted.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = Conn::open(srv.addr).await.unwrap();
+        c.io.write_all(
+            b"POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+        )
+        .await
+        .unwrap();
+        held.push(c);
+    }
+    // Scraped while the API is full; the two connections are open once their heads are in.
+    let mut open = 0.0;
+    for _ in 0..200 {
+        let s = samples(&String::from_utf8(scrape(metrics, "text/plain").await.body).unwrap());
+        assert_eq!(s["api_connections_max"], 2.0);
+        open = s["api_connections_open"];
+        if open == 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(open, 2.0, "the API's slots are all held");
+    drop(held);
+
+    // Now the other way round: every metrics slot held by silent connections.
+    let mut silent = Vec::new();
+    for _ in 0..8 {
+        silent.push(TcpStream::connect(metrics).await.unwrap());
+    }
+    let r = tokio::time::timeout(HANG, kit::get(srv.addr, "/health")).await;
+    assert_eq!(r.expect("the API answers").status, 200);
+}
