@@ -7,7 +7,9 @@
 #   3. check the Pod Security Standard "restricted" and the service's own contract field by
 #      field (the Python below), failing on the first list of misses;
 #   4. run checkov on the same files: nothing may fail; each skip is a `checkov.io/skipN`
-#      annotation on its object carrying its one-line reason, printed below.
+#      annotation on its object carrying its one-line reason, printed below;
+#   5. render the monitoring overlay (deploy/prometheus/kubernetes) and check its PodMonitor
+#      and PrometheusRule against the base and deploy/prometheus/rules.yml.
 # Each check is then run against broken copies of the rendered output and must fail on
 # each of them, so a checker that passes everything cannot pass this script.
 #
@@ -22,6 +24,8 @@ cd "$(dirname "$0")/.."
 
 base=deploy/kubernetes
 tools_pod=deploy/kubernetes/tools/log-reader.yaml
+monitoring=deploy/prometheus/kubernetes
+rules=deploy/prometheus/rules.yml
 versions=${K8S_VERSIONS:-1.32.0 1.37.0}
 kubectl=${KUBECTL:-kubectl}
 
@@ -215,7 +219,11 @@ selector = get(spec, "selector", "matchLabels", default={})
 svc = one("Service")
 need(get(svc, "spec", "type", default="ClusterIP") == "ClusterIP", "Service", "type ClusterIP")
 need(get(svc, "spec", "selector") == selector, "Service", "selects the Deployment's pods")
-need([p.get("port") for p in get(svc, "spec", "ports", default=[])] == [8000], "Service", "port 8000 only")
+need([p.get("port") for p in get(svc, "spec", "ports", default=[])] == [8000, 9464], "Service",
+     "ports 8000 (http) and 9464 (metrics) only")
+need(env.get("METRICS_PORT") == "9464" and any(p.get("containerPort") == 9464 and p.get("name") == "metrics"
+                                               for p in ports),
+     dw, "METRICS_PORT 9464, the containerPort named metrics")
 pdb = one("PodDisruptionBudget")
 need(get(pdb, "spec", "selector", "matchLabels") == selector, "PodDisruptionBudget",
      "selects the Deployment's pods")
@@ -228,10 +236,18 @@ for n in nps:
     need("Ingress" in (get(n, "spec", "policyTypes", default=[]) or []), "NetworkPolicy",
          "policyTypes has Ingress")
     rules = get(n, "spec", "ingress", default=[]) or []
-    ports = [p for r in rules for p in (r.get("ports") or [None])]
-    need(rules and all(p and p.get("protocol", "TCP") == "TCP" and p.get("port") in (8000, "http")
-                       and "endPort" not in p for p in ports),
-         "NetworkPolicy", "ingress admits TCP 8000 only (every rule names that port)")
+    def tcp_ports(r):
+        return [p for p in (r.get("ports") or [None])]
+    open_rules = [r for r in rules if not r.get("from")]
+    need(open_rules and all(p and p.get("protocol", "TCP") == "TCP" and p.get("port") in (8000, "http")
+                            and "endPort" not in p for r in open_rules for p in tcp_ports(r)),
+         "NetworkPolicy", "ingress from anywhere admits TCP 8000 only (every such rule names it)")
+    for r in rules:
+        if r.get("from"):
+            need(all(p and p.get("port") in (9464, "metrics") and "endPort" not in p for p in tcp_ports(r))
+                 and all(list(f) == ["namespaceSelector"] and get(f, "namespaceSelector", "matchLabels")
+                         for f in r["from"]),
+                 "NetworkPolicy", "the metrics port 9464 only, only from a labelled namespace")
 
 if misses:
     print(f"FAIL restricted/contract field check: {len(misses)} miss(es)")
@@ -284,6 +300,7 @@ mutate ns-label 'del ns["metadata"]["labels"]["pod-security.kubernetes.io/enforc
 mutate short-grace 'dep["terminationGracePeriodSeconds"] = 5'
 mutate init-root 'dep["initContainers"] = [{"name": "chown", "image": "busybox:1.37", "securityContext": {"runAsUser": 0}}]'
 mutate bad-field 'api["livenessProbe"]["httpGet"]["paht"] = "/"'
+mutate metrics-open 'next(d for d in docs if d["kind"] == "NetworkPolicy")["spec"]["ingress"][1].pop("from")'
 
 # ---- 2. schemas -----------------------------------------------------------------------------
 step "schemas: kubernetes-validate --strict, Kubernetes $versions"
@@ -302,7 +319,7 @@ echo "PASS (self-test) a copy with an unknown field is rejected: $(grep -m1 -o "
 step "restricted profile and contract, field by field"
 python3 -c "$field_check" "$work/scan/rendered.yaml" "$work/scan/log-reader.yaml"
 for name in no-runasnonroot container-runasnonroot privesc caps rw-root hostpath hostnetwork no-readiness no-limits \
-            ns-label short-grace init-root; do
+            ns-label short-grace init-root metrics-open; do
   if python3 -c "$field_check" "$work/broken-$name.yaml" >"$work/fc.out" 2>&1; then
     cat "$work/fc.out"
     die "the field check passed a copy broken by '$name': it cannot fail"
@@ -354,4 +371,59 @@ grep -q '"CKV_K8S_22"' "$work/checkov.json" \
   || die "checkov failed the broken copy, but not on CKV_K8S_22 (read-only root)"
 echo "PASS (self-test) checkov rejects a copy with readOnlyRootFilesystem: false (CKV_K8S_22)"
 
-printf '\nPASS lint-kubernetes: %s objects rendered, schemas (%s), restricted field check, checkov\n' "$count" "$versions"
+# ---- 5. the monitoring overlay ---------------------------------------------------------------
+# The PodMonitor and PrometheusRule are custom resources, which the Kubernetes schemas do not
+# cover: they are checked here against what the Prometheus Operator needs and the base has.
+step "monitoring overlay: $kubectl kustomize $monitoring"
+"$kubectl" kustomize "$monitoring" >"$work/monitoring.yaml" || die "kubectl kustomize $monitoring"
+read -r -d '' monitoring_check <<'PY' || true
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+rules = yaml.safe_load(open(sys.argv[2]))
+misses = []
+def need(cond, what):
+    if not cond:
+        misses.append(what)
+kinds = {}
+for d in docs:
+    kinds.setdefault(d["kind"], []).append(d)
+dep = kinds["Deployment"][0]
+pod = dep["spec"]["template"]
+selector = dep["spec"]["selector"]["matchLabels"]
+ports = {p.get("name") for c in pod["spec"]["containers"] for p in c.get("ports") or []}
+pm = (kinds.get("PodMonitor") or [{}])[0]
+spec = pm.get("spec") or {}
+need(pm.get("apiVersion") == "monitoring.coreos.com/v1", "PodMonitor monitoring.coreos.com/v1")
+need((spec.get("selector") or {}).get("matchLabels") == selector, "PodMonitor selects the Deployment's pods")
+endpoints = spec.get("podMetricsEndpoints") or []
+need(endpoints and all(e.get("port") in ports and e.get("path") == "/metrics" for e in endpoints),
+     f"PodMonitor endpoints name a container port of the pods ({sorted(ports)}) and /metrics")
+need(pod["metadata"]["labels"].get(spec.get("jobLabel")) == "api",
+     "PodMonitor jobLabel names a pod label whose value is api (the rules' job)")
+pr = (kinds.get("PrometheusRule") or [{}])[0]
+need(pr.get("apiVersion") == "monitoring.coreos.com/v1", "PrometheusRule monitoring.coreos.com/v1")
+need((pr.get("spec") or {}).get("groups") == rules.get("groups"),
+     "PrometheusRule groups equal deploy/prometheus/rules.yml")
+ns = {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"}
+need(ns == {"api"}, f"every object in namespace api (got {ns})")
+if misses:
+    print(f"FAIL monitoring overlay: {len(misses)} miss(es)")
+    for m in misses:
+        print(f"  - {m}")
+    sys.exit(1)
+print(f"PASS monitoring overlay: {len(docs)} objects; PodMonitor and PrometheusRule agree with the base and rules.yml")
+PY
+python3 -c "$monitoring_check" "$work/monitoring.yaml" "$rules"
+python3 - "$work/monitoring.yaml" "$work/monitoring-broken.yaml" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+pm = next(d for d in docs if d["kind"] == "PodMonitor")
+pm["spec"]["podMetricsEndpoints"][0]["port"] = "metric"
+yaml.safe_dump_all(docs, open(sys.argv[2], "w"), sort_keys=False)
+PY
+if python3 -c "$monitoring_check" "$work/monitoring-broken.yaml" "$rules" >"$work/mc.out" 2>&1; then
+  die "the monitoring check passed a PodMonitor naming a port the pods lack: it cannot fail"
+fi
+echo "PASS (self-test) a PodMonitor naming a port the pods lack is rejected"
+
+printf '\nPASS lint-kubernetes: %s objects rendered, schemas (%s), restricted field check, checkov, monitoring overlay\n' "$count" "$versions"

@@ -87,7 +87,7 @@ def parse_args():
     ap.add_argument("--variants",
                     default="api-info,api-off,api-info-musl,nginx,bare,bare-musl",
                     help="comma list from api-info, api-off, api-info-musl, "
-                         "api-off-musl, nginx, nginx-nolog, bare, bare-musl "
+                         "api-off-musl, api-info-musl-metrics, nginx, nginx-nolog, bare, bare-musl "
                          "(a bare hyper server, scripts/bench/bare/)")
     ap.add_argument("--workloads", default="health,events")
     ap.add_argument("--scale-rounds", type=int, help="rounds of the unpinned "
@@ -198,6 +198,10 @@ def run(args, variants_wanted, workloads, conn_steps):
                           "log_level": "info"},
         "api-off-musl": {"kind": "api", "binary": api_musl,
                          "log_level": "off"},
+        # The metrics listener on (any free port): the request path counts.
+        "api-info-musl-metrics": {"kind": "api", "binary": api_musl,
+                                  "log_level": "info",
+                                  "env": {"METRICS_PORT": "0"}},
         "nginx": {"kind": "nginx", "binary": args.nginx, "access_log": True},
         "nginx-nolog": {"kind": "nginx", "binary": args.nginx,
                         "access_log": False},
