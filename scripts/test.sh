@@ -20,6 +20,8 @@ step "cargo test"
 cargo test --locked
 step "Kubernetes manifests (kustomize render, schemas, restricted profile, checkov)"
 scripts/lint-kubernetes.sh
+step "Prometheus: alert rules (promtool), the exposition, a real Prometheus scraping it"
+scripts/prometheus-test.sh
 
 if "${DOCKER:-docker}" info >/dev/null 2>&1; then
   step "container lint (hadolint, compose schema)"
