@@ -161,7 +161,7 @@ fn scan(path: &Path) -> (Vec<Value>, Vec<String>) {
 
 /// Event data sizes: mostly small, every 8th up to 12 KiB, so group commits reach many pages.
 fn mixed_pad(c: usize, n: usize) -> usize {
-    if (c + n) % 8 == 0 {
+    if (c + n).is_multiple_of(8) {
         4000 + (c * 997 + n * 131) % 8000
     } else {
         (c * 31 + n * 17) % 300
@@ -790,7 +790,7 @@ async fn four_processes_append_100k_records_without_a_torn_line() {
                     let mut batch = Vec::new();
                     for i in 0..PIPELINE {
                         let n = b * PIPELINE + i;
-                        let len = if n % 16 == 0 { 6000 + (n * 131) % 3000 } else { (n * 37) % 200 };
+                        let len = if n.is_multiple_of(16) { 6000 + (n * 131) % 3000 } else { (n * 37) % 200 };
                         let body = format!(
                             r#"{{"type":"append.p{p}","data":{{"p":{p},"c":{c},"n":{n},"len":{len},"pad":"{}"}}}}"#,
                             "z".repeat(len)
@@ -1017,10 +1017,10 @@ async fn a_broken_stderr_does_not_hide_a_failing_log() {
     let mut addr = None;
     let mut line = String::new();
     while addr.is_none() && stderr.read_line(&mut line).unwrap_or(0) > 0 {
-        if let Ok(rec) = serde_json::from_str::<Value>(&line) {
-            if rec["msg"] == "listening" {
-                addr = rec["addr"].as_str().and_then(|a| a.parse().ok());
-            }
+        if let Ok(rec) = serde_json::from_str::<Value>(&line)
+            && rec["msg"] == "listening"
+        {
+            addr = rec["addr"].as_str().and_then(|a| a.parse().ok());
         }
         line.clear();
     }

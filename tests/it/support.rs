@@ -208,10 +208,10 @@ impl Api {
         let reader = std::thread::spawn(move || {
             for line in std::io::BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
-                if let Ok(rec) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if rec["msg"] == "listening" {
-                        let _ = tx.send(rec["addr"].as_str().unwrap_or("").to_string());
-                    }
+                if let Ok(rec) = serde_json::from_str::<serde_json::Value>(&line)
+                    && rec["msg"] == "listening"
+                {
+                    let _ = tx.send(rec["addr"].as_str().unwrap_or("").to_string());
                 }
                 let mut all = keep.lock().unwrap();
                 all.push_str(&line);
