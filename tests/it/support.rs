@@ -82,8 +82,7 @@ pub async fn start_server_with(env: &[(&str, &str)]) -> TestServer {
         Ok(config::Command::Serve(cfg)) => cfg,
         other => panic!("test settings must parse: {other:?}"),
     };
-    let sink =
-        Sink::open(&cfg.log_file, cfg.log_level, cfg.event_sync).expect("the test log opens");
+    let sink = Sink::open(&cfg).expect("the test log opens");
     let log = cfg.log_file.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
