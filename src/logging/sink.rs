@@ -81,6 +81,8 @@ struct Shared {
     host: &'static str,
     host_json: Box<[u8]>,
     sync: EventSync,
+    /// `LOG_LEVEL`, for the writer thread's own records.
+    level: LevelFilter,
     access: bool,
     debug: bool,
     pending: Mutex<Pending>,
@@ -139,8 +141,6 @@ struct Output {
     size: u64,
     /// When this process last wrote to the file (or marked it alive).
     written_at: Instant,
-    /// A rotation happened that retention has not followed yet.
-    rotated: bool,
     /// A rotation that failed is not tried again before this.
     rotate_after: Option<Instant>,
     /// The directory has a new entry (a rotation) not yet synced: with `EVENT_SYNC=data`, no
@@ -180,6 +180,7 @@ impl Sink {
             Err(TakeError::Held) => return Err(OpenError(held_error(path, hold))),
         };
         let names = Names::new(path, &cfg.log_rotation.pattern);
+        let host = config::hostname();
         let mut notices = Vec::new();
         match &unlocked {
             // Only a process that holds the file alone may undo a rotation cut short.
@@ -190,16 +191,18 @@ impl Sink {
                     "cannot lock log file {}: {e}; nothing stops a second process from writing it, so give each process its own LOG_FILE",
                     path.display()
                 );
-                stderr::record(Level::Warn, &msg);
-                Line::start(&mut notices, Level::Warn, &msg).finish();
+                let mut line = Line::start(&mut notices, Level::Warn, &msg);
+                line.str("host", host);
+                line.finish();
+                stderr::to_stderr(String::from_utf8_lossy(&notices).trim_end());
             }
         }
         let size = file.metadata().map_or(0, |m| m.len());
-        let host = config::hostname();
         let mut host_json = Vec::new();
         json_str(&mut host_json, host);
         let stats = LogStats::default();
         stats.file_bytes.store(size, Ordering::Relaxed);
+        stats.volume(file::volume(&file));
         let shared = Arc::new(Shared {
             path: path.to_path_buf(),
             names,
@@ -218,6 +221,7 @@ impl Sink {
             }),
             host_json: host_json.into(),
             sync: cfg.event_sync,
+            level: cfg.log_level,
             access: cfg.log_level >= LevelFilter::Info,
             debug: cfg.log_level >= LevelFilter::Debug,
             wake: Condvar::new(),
@@ -227,7 +231,6 @@ impl Sink {
                 unwritten: 0,
                 size,
                 written_at: Instant::now(),
-                rotated: false,
                 rotate_after: None,
                 dir_unsynced: false,
             }),
@@ -368,6 +371,25 @@ impl Sink {
     }
 }
 
+impl Shared {
+    /// A record of the writer thread's own (a rotation, a deletion, a failure of either): to
+    /// stderr and into the file, formatted as `log` records are. Written here rather than
+    /// through `log`: they concern this file, and the first come before the logger is set.
+    fn note(&self, level: Level, msg: &str, fields: impl FnOnce(&mut Line<'_>)) {
+        if level > self.level {
+            return;
+        }
+        let mut rec = Vec::with_capacity(256);
+        let mut line = Line::start(&mut rec, level, msg);
+        line.str("host", self.host);
+        fields(&mut line);
+        line.finish();
+        stderr::to_stderr(String::from_utf8_lossy(&rec).trim_end());
+        // The writer thread itself writes it next.
+        lock(&self.pending).buf.extend_from_slice(&rec);
+    }
+}
+
 /// The background thread: writes buffered records at most [`FLUSH_INTERVAL`] after they
 /// arrive, retries while the file is failing, reopens on request, runs its [`Upkeep`] between
 /// writes, and writes the rest on close.
@@ -426,10 +448,15 @@ fn reopen_file(shared: &Shared, out: &mut Output) -> Result<(), String> {
     let msg = match file::take(&shared.path, shared.sync, shared.hold) {
         Ok(Taken { file, unlocked }) => {
             if let Some(e) = unlocked {
-                log::warn!("cannot lock log file {}: {e}", shared.path.display());
+                shared.note(Level::Warn, "cannot lock log file", |l| {
+                    l.str("path", &shared.path.display().to_string())
+                        .str("error", &e.to_string());
+                });
             }
             out.size = file.metadata().map_or(0, |m| m.len());
             out.file = file;
+            // A rotation waiting for this reopen may go ahead.
+            out.rotate_after = None;
             shared.stats.file_bytes.store(out.size, Ordering::Relaxed);
             return Ok(());
         }
@@ -440,9 +467,10 @@ fn reopen_file(shared: &Shared, out: &mut Output) -> Result<(), String> {
     Err(msg)
 }
 
-/// The writer thread's chores between writes, each on its own period: retention (after every
-/// rotation, and every `LOG_MAX_AGE`/8 within 1 s to 5 min), marking an idle file alive on the
-/// same period, and measuring the file and its volume every [`MEASURE_EVERY`].
+/// The writer thread's chores between writes, each on its own period: retention every
+/// `LOG_MAX_AGE`/8, within 1 s to 5 min (and after every rotation, which runs it itself),
+/// marking an idle file alive on the same period, and measuring the file and its volume
+/// every [`MEASURE_EVERY`].
 struct Upkeep {
     next_measure: Instant,
     next_sweep: Instant,
@@ -472,7 +500,7 @@ impl Upkeep {
 
     fn run(&mut self, shared: &Shared, out: &mut Output, now: Instant) {
         let sweep = now >= self.next_sweep;
-        if !(sweep || out.rotated || now >= self.next_measure) {
+        if !(sweep || now >= self.next_measure) {
             return;
         }
         if sweep && now.saturating_duration_since(out.written_at) >= self.sweep_every {
@@ -483,9 +511,8 @@ impl Upkeep {
                 out.written_at = now;
             }
         }
-        if sweep || out.rotated {
+        if sweep {
             retain(shared);
-            out.rotated = false;
             self.next_sweep = now + self.sweep_every;
         }
         if let Ok(meta) = out.file.metadata() {
@@ -506,16 +533,17 @@ fn retain(shared: &Shared) {
     let done = rotate::retain(&shared.names, keep, r.max_age);
     for d in &done.deleted {
         shared.stats.deleted(d.bytes);
-        log::info!(
-            file:% = d.path.display(),
-            bytes = d.bytes,
-            reason = d.reason,
-            idle_s = d.idle.as_secs();
-            "log file deleted"
-        );
+        shared.note(Level::Info, "log file deleted", |l| {
+            l.str("file", &d.path.display().to_string())
+                .u64("bytes", d.bytes)
+                .str("reason", d.reason)
+                .u64("idle_s", d.idle.as_secs());
+        });
     }
     for why in &done.failed {
-        log::warn!("log retention: {why}");
+        shared.note(Level::Warn, "log retention failed", |l| {
+            l.str("error", why);
+        });
     }
     shared.stats.rotated(done.rotated_files, done.rotated_bytes);
 }
@@ -685,9 +713,12 @@ fn rotate_now(shared: &Shared, out: &mut Output, now: Instant) -> io::Result<()>
     let regular = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file());
     if !regular || !file::same_file(&out.file, path) {
         out.rotate_after = Some(now + ROTATE_RETRY);
-        log::warn!(
-            path:% = path.display();
-            "log file not rotated: the path is not a regular file, or not the file this process writes (renamed or deleted by hand: SIGHUP reopens it)"
+        shared.note(
+            Level::Warn,
+            "log file not rotated: the path is not a regular file, or not the file this process writes (renamed or deleted by hand: SIGHUP reopens it)",
+            |l| {
+                l.str("path", &path.display().to_string());
+            },
         );
         return Ok(());
     }
@@ -701,24 +732,29 @@ fn rotate_now(shared: &Shared, out: &mut Output, now: Instant) -> io::Result<()>
             // The full file closes here, and its lock with it.
             out.file = r.file;
             out.size = 0;
-            out.rotated = true;
             out.dir_unsynced = true;
             out.rotate_after = None;
             shared.stats.rotations.fetch_add(1, Ordering::Relaxed);
-            log::info!(
-                file:% = shared.names.path(&r.name).display(),
-                bytes = bytes,
-                reason = "LOG_MAX_BYTES",
-                max_bytes = shared.rotation.max_bytes;
-                "log file rotated"
-            );
+            shared.note(Level::Info, "log file rotated", |l| {
+                l.str("file", &shared.names.path(&r.name).display().to_string())
+                    .u64("bytes", bytes)
+                    .str("reason", "LOG_MAX_BYTES")
+                    .u64("max_bytes", shared.rotation.max_bytes);
+            });
+            // Before the rest of the batch: the directory never holds more than LOG_KEEP
+            // rotated files and a live one with anything in it.
+            retain(shared);
+            shared.stats.volume(file::volume(&out.file));
         }
         Err(e) => {
             out.rotate_after = Some(now + ROTATE_RETRY);
-            log::error!(
-                path:% = path.display(),
-                error:% = e;
-                "log file rotation failed; writing on to the full file"
+            shared.note(
+                Level::Error,
+                "log file rotation failed; writing on to the full file",
+                |l| {
+                    l.str("path", &path.display().to_string())
+                        .str("error", &e.to_string());
+                },
             );
         }
     }
