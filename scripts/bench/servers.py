@@ -91,6 +91,7 @@ class Server:
                 LOG_LEVEL=variant["log_level"],
                 WORKERS=str(workers),
             )
+            env.update(variant.get("env", {}))
             env.update(extra_env or {})
             self.argv = list(wrapper) + [variant["binary"]]
             self.env = env
