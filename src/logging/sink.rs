@@ -128,6 +128,8 @@ struct Pending {
     flush_now: bool,
     /// Reopen requests, answered once the file at the path is open.
     reopen: Vec<ReopenAck>,
+    /// The ticker asks for the chores between writes ([`Upkeep`]).
+    upkeep: bool,
     closing: bool,
 }
 
@@ -139,8 +141,8 @@ struct Output {
     unwritten: u64,
     /// The file's size: as measured, plus what this process wrote since.
     size: u64,
-    /// When this process last wrote to the file (or marked it alive).
-    written_at: Instant,
+    /// Whether this process wrote to the file since the last retention pass.
+    wrote: bool,
     /// A rotation that failed is not tried again before this.
     rotate_after: Option<Instant>,
     /// The directory has a new entry (a rotation) not yet synced: with `EVENT_SYNC=data`, no
@@ -217,6 +219,8 @@ impl Sink {
                 acks: Vec::new(),
                 commit_scheduled: false,
                 reopen: Vec::new(),
+                // The first pass counts what is in the directory and deletes what is due.
+                upkeep: true,
                 closing: false,
             }),
             host_json: host_json.into(),
@@ -230,7 +234,7 @@ impl Sink {
                 batch: Vec::with_capacity(FLUSH_BYTES * 2),
                 unwritten: 0,
                 size,
-                written_at: Instant::now(),
+                wrote: false,
                 rotate_after: None,
                 dir_unsynced: false,
             }),
@@ -244,6 +248,12 @@ impl Sink {
             .spawn(move || writer_loop(&worker))
             .map_err(|e| OpenError(format!("cannot start the log writer thread: {e}")))?;
         *lock(&shared.writer) = Some(handle);
+        let tick = Upkeep::new(&shared.rotation).tick();
+        let weak = Arc::downgrade(&shared);
+        thread::Builder::new()
+            .name("log-upkeep".into())
+            .spawn(move || ticker(&weak, tick))
+            .map_err(|e| OpenError(format!("cannot start the log upkeep thread: {e}")))?;
         Ok(Sink(shared))
     }
 
@@ -395,36 +405,34 @@ impl Shared {
 /// writes, and writes the rest on close.
 fn writer_loop(shared: &Shared) {
     let mut upkeep = Upkeep::new(&shared.rotation);
-    let mut now = Instant::now();
     loop {
-        let (reopen, closing) = {
+        let (reopen, chores, closing) = {
             let mut p = lock(&shared.pending);
             loop {
-                if p.flush_now || !p.reopen.is_empty() || p.closing {
+                if p.flush_now || !p.reopen.is_empty() || p.upkeep || p.closing {
                     break;
                 }
                 let failing = shared.failed.load(Ordering::Acquire);
-                // Idle, the wait lasts until the next chore; with records waiting, at most
-                // the flush interval.
-                let idle = p.buf.is_empty() && !failing;
-                let limit = if idle {
-                    upkeep.due_in(now)
-                } else {
-                    FLUSH_INTERVAL
-                };
+                if p.buf.is_empty() && !failing {
+                    p = shared.wake.wait(p).unwrap_or_else(|e| e.into_inner());
+                    continue;
+                }
                 let (guard, timeout) = shared
                     .wake
-                    .wait_timeout(p, limit)
+                    .wait_timeout(p, FLUSH_INTERVAL)
                     .unwrap_or_else(|e| e.into_inner());
                 p = guard;
                 if timeout.timed_out() {
                     break;
                 }
             }
-            (std::mem::take(&mut p.reopen), p.closing)
+            (
+                std::mem::take(&mut p.reopen),
+                std::mem::take(&mut p.upkeep),
+                p.closing,
+            )
         };
-        now = Instant::now();
-        let mut out = commit(shared, now);
+        let mut out = commit(shared);
         if !reopen.is_empty() {
             let result = reopen_file(shared, &mut out);
             for ack in reopen {
@@ -434,7 +442,27 @@ fn writer_loop(shared: &Shared) {
         if closing {
             return;
         }
-        upkeep.run(shared, &mut out, now);
+        if chores {
+            upkeep.run(shared, &mut out, Instant::now());
+        }
+    }
+}
+
+/// Asks the writer thread for its chores every `tick`, so that no write has to look at the
+/// clock; ends with the sink.
+fn ticker(shared: &std::sync::Weak<Shared>, tick: Duration) {
+    loop {
+        thread::sleep(tick);
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let mut p = lock(&shared.pending);
+        if p.closing {
+            return;
+        }
+        p.upkeep = true;
+        drop(p);
+        shared.wake.notify_one();
     }
 }
 
@@ -467,10 +495,10 @@ fn reopen_file(shared: &Shared, out: &mut Output) -> Result<(), String> {
     Err(msg)
 }
 
-/// The writer thread's chores between writes, each on its own period: retention every
-/// `LOG_MAX_AGE`/8, within 1 s to 5 min (and after every rotation, which runs it itself),
-/// marking an idle file alive on the same period, and measuring the file and its volume
-/// every [`MEASURE_EVERY`].
+/// The writer thread's chores between writes, each on its own period, asked for by the
+/// ticker thread: retention every `LOG_MAX_AGE`/8, within 1 s to 5 min (and after every
+/// rotation, which runs it itself), marking an idle file alive on the same period, and
+/// measuring the file and its volume every [`MEASURE_EVERY`].
 struct Upkeep {
     next_measure: Instant,
     next_sweep: Instant,
@@ -491,11 +519,9 @@ impl Upkeep {
         }
     }
 
-    /// Time until the next chore is due (zero if one is).
-    fn due_in(&self, now: Instant) -> Duration {
-        self.next_measure
-            .min(self.next_sweep)
-            .saturating_duration_since(now)
+    /// How often the ticker asks for the chores: as often as the more frequent one is due.
+    fn tick(&self) -> Duration {
+        self.sweep_every.min(MEASURE_EVERY)
     }
 
     fn run(&mut self, shared: &Shared, out: &mut Output, now: Instant) {
@@ -503,15 +529,14 @@ impl Upkeep {
         if !(sweep || now >= self.next_measure) {
             return;
         }
-        if sweep && now.saturating_duration_since(out.written_at) >= self.sweep_every {
-            // Another replica's sweep deletes what has not been written for LOG_MAX_AGE: an
-            // idle file shows it is alive by its time (its lock says so too, where locks
-            // work).
-            if file::touch(&out.file).is_ok() {
-                out.written_at = now;
-            }
-        }
         if sweep {
+            // Another replica's sweep deletes what has not been written for LOG_MAX_AGE: a
+            // file idle since the last pass shows it is alive by its time (its lock says so
+            // too, where locks work).
+            if !out.wrote {
+                let _ = file::touch(&out.file);
+            }
+            out.wrote = false;
             retain(shared);
             self.next_sweep = now + self.sweep_every;
         }
@@ -551,7 +576,7 @@ fn retain(shared: &Shared) {
 /// Takes everything buffered and writes it in one `write`, then answers the durable appends
 /// it carried. Returns the output, still locked, for a reopen to follow without a gap.
 /// Runs on the writer thread only.
-fn commit(shared: &Shared, now: Instant) -> MutexGuard<'_, Output> {
+fn commit(shared: &Shared) -> MutexGuard<'_, Output> {
     let mut out = lock(&shared.output);
     let out_ref = &mut *out;
     let acks = {
@@ -584,7 +609,7 @@ fn commit(shared: &Shared, now: Instant) -> MutexGuard<'_, Output> {
         out_ref.batch.splice(0..0, notice);
     }
 
-    let (mut written, mut error, mut failed_to) = write_out(shared, out_ref, now);
+    let (mut written, mut error, mut failed_to) = write_out(shared, out_ref);
     if failed_to == "sync" {
         written = offset;
     }
@@ -648,11 +673,7 @@ fn commit(shared: &Shared, now: Instant) -> MutexGuard<'_, Output> {
 /// file is rotated, and so on. Returns the bytes written, the error that stopped it, and
 /// what failed (`write`, or the `sync` of a full file before its rotation in data mode,
 /// which leaves nothing of the batch acknowledgeable).
-fn write_out(
-    shared: &Shared,
-    out: &mut Output,
-    now: Instant,
-) -> (usize, Option<io::Error>, &'static str) {
+fn write_out(shared: &Shared, out: &mut Output) -> (usize, Option<io::Error>, &'static str) {
     let max = shared.rotation.max_bytes;
     let mut done = 0;
     while done < out.batch.len() {
@@ -660,14 +681,14 @@ fn write_out(
         // Rotation off, room enough, or a failed rotation waiting for its retry: all of it.
         let take = if max == 0
             || rest.len() as u64 <= max.saturating_sub(out.size)
-            || out.rotate_after.is_some_and(|t| now < t)
+            || out.rotate_after.is_some_and(|t| Instant::now() < t)
         {
             rest.len()
         } else {
             fit(rest, max.saturating_sub(out.size), out.size == 0)
         };
         if take == 0 {
-            if let Err(e) = rotate_now(shared, out, now) {
+            if let Err(e) = rotate_now(shared, out) {
                 return (0, Some(e), "sync");
             }
             continue;
@@ -680,7 +701,7 @@ fn write_out(
         }
     }
     if done > 0 {
-        out.written_at = now;
+        out.wrote = true;
         shared.stats.file_bytes.store(out.size, Ordering::Relaxed);
     }
     (done, None, "write")
@@ -708,8 +729,9 @@ fn fit(rest: &[u8], room: u64, empty: bool) -> usize {
 /// at the path is not this process's any more, or renaming failed) is logged and retried
 /// after [`ROTATE_RETRY`]; meanwhile records go to the full file. `Err` only when, in data
 /// mode, the full file could not be synced.
-fn rotate_now(shared: &Shared, out: &mut Output, now: Instant) -> io::Result<()> {
+fn rotate_now(shared: &Shared, out: &mut Output) -> io::Result<()> {
     let path = &shared.path;
+    let now = Instant::now();
     let regular = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file());
     if !regular || !file::same_file(&out.file, path) {
         out.rotate_after = Some(now + ROTATE_RETRY);
