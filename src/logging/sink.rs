@@ -248,7 +248,7 @@ impl Sink {
             .spawn(move || writer_loop(&worker))
             .map_err(|e| OpenError(format!("cannot start the log writer thread: {e}")))?;
         *lock(&shared.writer) = Some(handle);
-        let tick = Upkeep::new(&shared.rotation).tick();
+        let tick = Upkeep::new(&shared.rotation).tick;
         let weak = Arc::downgrade(&shared);
         thread::Builder::new()
             .name("log-upkeep".into())
@@ -443,7 +443,7 @@ fn writer_loop(shared: &Shared) {
             return;
         }
         if chores {
-            upkeep.run(shared, &mut out, Instant::now());
+            upkeep.run(shared, &mut out);
         }
     }
 }
@@ -495,40 +495,41 @@ fn reopen_file(shared: &Shared, out: &mut Output) -> Result<(), String> {
     Err(msg)
 }
 
-/// The writer thread's chores between writes, each on its own period, asked for by the
-/// ticker thread: retention every `LOG_MAX_AGE`/8, within 1 s to 5 min (and after every
-/// rotation, which runs it itself), marking an idle file alive on the same period, and
-/// measuring the file and its volume every [`MEASURE_EVERY`].
+/// The writer thread's chores between writes, each on its own period, counted in the ticks
+/// of the ticker thread (so no chore reads the clock either): retention every `LOG_MAX_AGE`/8,
+/// within 1 s to 5 min (and after every rotation, which runs it itself), marking an idle file
+/// alive on the same period, and measuring the file and its volume every [`MEASURE_EVERY`].
+/// Ticks that come while the writer is busy count once.
 struct Upkeep {
-    next_measure: Instant,
-    next_sweep: Instant,
-    sweep_every: Duration,
+    tick: Duration,
+    ticks: u64,
+    sweep_every: u64,
+    measure_every: u64,
 }
 
 impl Upkeep {
     fn new(rotation: &LogRotation) -> Upkeep {
-        let now = Instant::now();
-        let sweep_every = rotation.max_age.map_or(Duration::from_secs(300), |age| {
+        let sweep = rotation.max_age.map_or(Duration::from_secs(300), |age| {
             (age / 8).clamp(Duration::from_secs(1), Duration::from_secs(300))
         });
-        // Both are due at once: the first pass counts what is there.
+        let tick = sweep.min(MEASURE_EVERY);
+        let ticks =
+            |period: Duration| (period.as_secs_f64() / tick.as_secs_f64()).round().max(1.0) as u64;
         Upkeep {
-            next_measure: now,
-            next_sweep: now,
-            sweep_every,
+            tick,
+            // The first pass, asked for at start, does everything: it counts what is there.
+            ticks: 0,
+            sweep_every: ticks(sweep),
+            measure_every: ticks(MEASURE_EVERY),
         }
     }
 
-    /// How often the ticker asks for the chores: as often as the more frequent one is due.
-    fn tick(&self) -> Duration {
-        self.sweep_every.min(MEASURE_EVERY)
-    }
-
-    fn run(&mut self, shared: &Shared, out: &mut Output, now: Instant) {
-        let sweep = now >= self.next_sweep;
-        if !(sweep || now >= self.next_measure) {
-            return;
-        }
+    fn run(&mut self, shared: &Shared, out: &mut Output) {
+        let (sweep, measure) = (
+            self.ticks.is_multiple_of(self.sweep_every),
+            self.ticks.is_multiple_of(self.measure_every),
+        );
+        self.ticks += 1;
         if sweep {
             // Another replica's sweep deletes what has not been written for LOG_MAX_AGE: a
             // file idle since the last pass shows it is alive by its time (its lock says so
@@ -538,15 +539,15 @@ impl Upkeep {
             }
             out.wrote = false;
             retain(shared);
-            self.next_sweep = now + self.sweep_every;
         }
-        if let Ok(meta) = out.file.metadata() {
-            out.size = meta.len();
+        if sweep || measure {
+            if let Ok(meta) = out.file.metadata() {
+                out.size = meta.len();
+            }
+            let stats = &shared.stats;
+            stats.file_bytes.store(out.size, Ordering::Relaxed);
+            stats.volume(file::volume(&out.file));
         }
-        let stats = &shared.stats;
-        stats.file_bytes.store(out.size, Ordering::Relaxed);
-        stats.volume(file::volume(&out.file));
-        self.next_measure = now + MEASURE_EVERY;
     }
 }
 
