@@ -8,13 +8,13 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use time::OffsetDateTime;
 
-use super::file::{self, Hold, TakeError};
+use super::file;
 use crate::config::EventSync;
 
 /// The placeholder that `LOG_FILE`'s pattern keeps where each replica has its hostname.
@@ -152,119 +152,95 @@ fn glob(pieces: &[String], s: &str) -> bool {
     }
 }
 
-/// What a rotation left behind: the full file's new name.
+/// What a rotation left behind: the full file's new name, and the new file at the path.
 pub(super) struct Rotated {
     pub(super) name: String,
     pub(super) file: File,
 }
 
-/// Moves the live file aside under a rotated name (for a rotation at `at`) and puts a new,
-/// empty file, locked for this process alone, at its path. Where the file system has hard
-/// links the path never stops naming a file, so a process starting meanwhile always meets
-/// a locked one: the full file gets its second name first, then one rename puts the new file
-/// at the path. Elsewhere the full file is renamed and a new one created. With
-/// [`EventSync::Data`] the directory is synced before this returns. On error the live file
-/// is where it was.
-pub(super) fn rotate(names: &Names, sync: EventSync, at: OffsetDateTime) -> io::Result<Rotated> {
+/// Why a rotation did not happen.
+pub(super) enum NotRotated {
+    /// Nothing changed: the live file is where it was.
+    Failed(io::Error),
+    /// The full file was renamed, but in that instant another process created a file at the
+    /// path, which keeps it: this process writes on to the full file under its new name.
+    PathTaken(String),
+}
+
+/// Renames the live file to its rotated name (for a rotation at `at`) and puts a new, empty
+/// file, created and locked beforehand, at its path. Each file has one name at every moment,
+/// so no record is ever in two files; for the instant between the two renames the path names
+/// no file, and the second rename never replaces one that another process made meanwhile.
+/// The directory is not synced here.
+pub(super) fn rotate(
+    names: &Names,
+    sync: EventSync,
+    at: OffsetDateTime,
+) -> Result<Rotated, NotRotated> {
     let live = names.live_path();
     // The new file first, under a name no shipper or sweep matches; one left by a rotation a
     // crash cut short is replaced.
     let fresh = names.path(&format!(".{}.rotating", names.live));
     let _ = fs::remove_file(&fresh);
+    let failed = |e: io::Error| {
+        let _ = fs::remove_file(&fresh);
+        NotRotated::Failed(e)
+    };
     let file = OpenOptions::new()
         .append(true)
         .create_new(true)
         .mode(0o644)
-        .open(&fresh)?;
+        .open(&fresh)
+        .map_err(NotRotated::Failed)?;
     // Nobody else knows this file yet; a file system without locks leaves it unlocked.
     let _ = file.try_lock();
-    let undo_fresh = |e: io::Error| {
-        let _ = fs::remove_file(&fresh);
-        e
-    };
-    let mut at = at;
-    for _ in 0..16 {
-        let name = names.rotated(at);
-        let target = names.path(&name);
-        match fs::hard_link(&live, &target) {
-            Ok(()) => {
-                if sync == EventSync::Data {
-                    file.sync_all().map_err(undo_fresh)?;
-                }
-                if let Err(e) = fs::rename(&fresh, &live) {
-                    let _ = fs::remove_file(&target);
-                    return Err(undo_fresh(e));
-                }
-                if sync == EventSync::Data {
-                    file::sync_dir(&names.dir)?;
-                }
-                return Ok(Rotated { name, file });
-            }
-            // A rotation within the same microsecond, or a clock stepped back: link never
-            // replaces a file, so nothing was lost; try the next microsecond.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                at += time::Duration::microseconds(1);
-            }
-            Err(_) => {
-                drop(file);
-                let _ = fs::remove_file(&fresh);
-                return rename_then_create(names, sync, at);
-            }
-        }
+    if sync == EventSync::Data {
+        file.sync_all().map_err(failed)?;
     }
-    Err(undo_fresh(io::Error::other("no free rotated name")))
-}
-
-/// [`rotate`] where the file system has no hard links: rename, then create. For the moment
-/// between the two the path names no file.
-fn rename_then_create(
-    names: &Names,
-    sync: EventSync,
-    mut at: OffsetDateTime,
-) -> io::Result<Rotated> {
-    let live = names.live_path();
+    // rename replaces an existing file; only this process, which holds the live file, makes
+    // these names (a clock stepped back could repeat one).
+    let mut at = at;
     let mut name = names.rotated(at);
-    // rename would replace an existing file; only this process makes these names.
     while fs::symlink_metadata(names.path(&name)).is_ok() {
         at += time::Duration::microseconds(1);
         name = names.rotated(at);
     }
-    fs::rename(&live, names.path(&name))?;
-    match file::take(&live, sync, Hold::Exclusive) {
-        Ok(taken) => Ok(Rotated {
-            name,
-            file: taken.file,
-        }),
-        Err(TakeError::Io(e)) => Err(e),
-        Err(TakeError::Held) => Err(io::Error::other(
-            "another process created and locked the log file's path during the rotation",
-        )),
+    let target = names.path(&name);
+    fs::rename(&live, &target).map_err(failed)?;
+    match rename_noreplace(&fresh, &live) {
+        Ok(()) => Ok(Rotated { name, file }),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let _ = fs::remove_file(&fresh);
+            Err(NotRotated::PathTaken(name))
+        }
+        Err(e) => {
+            // Put the full file back, if the path is still free.
+            let _ = fs::remove_file(&fresh);
+            match rename_noreplace(&target, &live) {
+                Ok(()) => Err(NotRotated::Failed(e)),
+                Err(_) => Err(NotRotated::PathTaken(name)),
+            }
+        }
     }
 }
 
-/// Undoes what a rotation cut short by a crash can leave: the live file also under a rotated
-/// name (so its records would be in two files), and the new file not yet in place.
-/// Runs at start, while this process holds the live file.
-pub(super) fn repair(names: &Names, live: &File) {
-    let _ = fs::remove_file(names.path(&format!(".{}.rotating", names.live)));
-    let Ok(meta) = live.metadata() else { return };
-    if meta.nlink() < 2 {
-        return;
-    }
-    let Ok(entries) = fs::read_dir(&names.dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if names.is_rotated(name)
-            && entry
-                .metadata()
-                .is_ok_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino())
-        {
-            let _ = fs::remove_file(entry.path());
+/// Renames `from` to `to` unless `to` exists. Where the file system cannot tell
+/// (`RENAME_NOREPLACE` unsupported), a plain rename.
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::NOTSUP) => {
+            fs::rename(from, to)
         }
+        Err(e) => Err(e.into()),
     }
+}
+
+/// Removes what a rotation cut short by a crash can leave: the new file not yet in place.
+/// Runs at start, while this process holds the live file.
+pub(super) fn repair(names: &Names) {
+    let _ = fs::remove_file(names.path(&format!(".{}.rotating", names.live)));
 }
 
 /// A file retention deleted, and why.
@@ -491,35 +467,40 @@ mod tests {
         f.set_modified(SystemTime::now() - by).unwrap();
     }
 
-    /// A rotation leaves the full file under its rotated name and an empty one at the path;
-    /// a crash between link and rename is undone at the next start; without hard links the
-    /// rename path does the same.
+    /// A rotation leaves the full file under its rotated name and an empty one at the path,
+    /// never replacing a file: not an earlier rotated file with the same time, and not a file
+    /// another process created at the path in between (then the full file keeps its new name
+    /// and the other process's file stays). A crash's leftover is removed at the next start.
     #[test]
     fn rotate_and_repair() {
         let dir = scratch("rotate");
         let live = dir.join("api-vm.log");
         let n = Names::new(&live, "api-{hostname}.log");
         fs::write(&live, b"old\n").unwrap();
-        let r = rotate(&n, EventSync::Data, at("2026-01-01T00:00:00Z")).unwrap();
+        let Ok(r) = rotate(&n, EventSync::Data, at("2026-01-01T00:00:00Z")) else {
+            panic!("rotation failed")
+        };
         assert_eq!(fs::read(n.path(&r.name)).unwrap(), b"old\n");
         assert_eq!(fs::read(&live).unwrap(), b"");
         assert!(file::same_file(&r.file, &live));
         // The same instant again: the next microsecond, nothing replaced.
         fs::write(&live, b"second\n").unwrap();
-        let r2 = rotate(&n, EventSync::None, at("2026-01-01T00:00:00Z")).unwrap();
+        let Ok(r2) = rotate(&n, EventSync::None, at("2026-01-01T00:00:00Z")) else {
+            panic!("rotation failed")
+        };
         assert_eq!(r2.name, "api-vm.20260101T000000.000001Z.log");
         assert_eq!(fs::read(n.path(&r.name)).unwrap(), b"old\n");
-        // A crash after the link: the live file has a second, rotated name.
-        fs::write(&live, b"third\n").unwrap();
-        let cut = n.rotated(at("2026-01-02T00:00:00Z"));
-        fs::hard_link(&live, n.path(&cut)).unwrap();
-        fs::write(n.path(".api-vm.log.rotating"), b"").unwrap();
-        repair(&n, &File::open(&live).unwrap());
-        assert!(!n.path(&cut).exists() && !n.path(".api-vm.log.rotating").exists());
-        assert_eq!(fs::read(&live).unwrap(), b"third\n");
-        let r3 = rename_then_create(&n, EventSync::Data, at("2026-01-03T00:00:00Z")).unwrap();
-        assert_eq!(fs::read(n.path(&r3.name)).unwrap(), b"third\n");
-        assert!(file::same_file(&r3.file, &live));
+        // The path taken between the two renames: simulated by the second rename's target.
+        fs::write(&live, b"theirs\n").unwrap();
+        let fresh = n.path(".api-vm.log.rotating");
+        fs::write(&fresh, b"").unwrap();
+        assert!(matches!(
+            rename_noreplace(&fresh, &live),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists
+        ));
+        assert_eq!(fs::read(&live).unwrap(), b"theirs\n");
+        repair(&n);
+        assert!(!fresh.exists());
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -43,7 +43,7 @@ use super::file::{
     self, Hold, TakeError, Taken, held_error, open_error, public_reason, write_batch,
 };
 use super::json::{Line, json_str};
-use super::rotate::{self, Names};
+use super::rotate::{self, Names, NotRotated};
 use super::stats::LogStats;
 use super::stderr;
 use crate::config::{self, Config, EventSync, LogRotation};
@@ -186,7 +186,7 @@ impl Sink {
         let mut notices = Vec::new();
         match &unlocked {
             // Only a process that holds the file alone may undo a rotation cut short.
-            None if hold == Hold::Exclusive => rotate::repair(&names, &file),
+            None if hold == Hold::Exclusive => rotate::repair(&names),
             None => {}
             Some(e) => {
                 let msg = format!(
@@ -440,6 +440,14 @@ fn writer_loop(shared: &Shared) {
             }
         }
         if closing {
+            // The last write may have rotated, and so left a record of it behind.
+            drop(out);
+            for _ in 0..2 {
+                if lock(&shared.pending).buf.is_empty() {
+                    break;
+                }
+                drop(commit(shared));
+            }
             return;
         }
         if chores {
@@ -555,6 +563,10 @@ impl Upkeep {
 /// the rotated files left.
 fn retain(shared: &Shared) {
     let r = &shared.rotation;
+    if !r.enabled() && r.max_age.is_none() {
+        // Neither is on (the default): the directory is left alone, not even listed.
+        return;
+    }
     let keep = r.enabled().then_some(r.keep);
     let done = rotate::retain(&shared.names, keep, r.max_age);
     for d in &done.deleted {
@@ -769,7 +781,7 @@ fn rotate_now(shared: &Shared, out: &mut Output) -> io::Result<()> {
             retain(shared);
             shared.stats.volume(file::volume(&out.file));
         }
-        Err(e) => {
+        Err(NotRotated::Failed(e)) => {
             out.rotate_after = Some(now + ROTATE_RETRY);
             shared.note(
                 Level::Error,
@@ -777,6 +789,20 @@ fn rotate_now(shared: &Shared, out: &mut Output) -> io::Result<()> {
                 |l| {
                     l.str("path", &path.display().to_string())
                         .str("error", &e.to_string());
+                },
+            );
+        }
+        Err(NotRotated::PathTaken(name)) => {
+            // Not this process's path any more: the check above keeps it from rotating until
+            // a SIGHUP reopens the path (which a lock held elsewhere refuses).
+            out.rotate_after = Some(now + ROTATE_RETRY);
+            out.dir_unsynced = true;
+            shared.note(
+                Level::Error,
+                "another process created the log file's path during its rotation; writing on to the full file under its rotated name",
+                |l| {
+                    l.str("path", &path.display().to_string())
+                        .str("file", &shared.names.path(&name).display().to_string());
                 },
             );
         }

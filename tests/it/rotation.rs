@@ -156,7 +156,21 @@ async fn rotation_under_load_keeps_every_event_whole_in_one_file() {
         );
 
         let logged = with_msg(&all, "log file rotated");
-        assert_eq!(logged.len(), files.len(), "{sync}: one record per rotation");
+        if logged.len() != files.len() {
+            let named: Vec<&str> = logged.iter().filter_map(|r| r["file"].as_str()).collect();
+            let unnamed: Vec<_> = files
+                .iter()
+                .filter(|f| !named.contains(&f.display().to_string().as_str()))
+                .collect();
+            let about: Vec<&Value> = all.iter().filter(|r| r["level"] != "info").collect();
+            panic!(
+                "{sync}: {} rotation records for {} rotated files; without one: {unnamed:?}; \
+                 warnings: {about:?}; stderr: {}",
+                logged.len(),
+                files.len(),
+                api.stderr()
+            );
+        }
         let mut named: Vec<(String, String)> = logged
             .iter()
             .map(|r| {
