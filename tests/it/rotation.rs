@@ -554,6 +554,10 @@ async fn retention_deletes_what_gone_replicas_left_but_never_a_live_file() {
             .status,
         201
     );
+    let a_host = kit::get(a.addr, "/").await.json()["hostname"]
+        .as_str()
+        .unwrap()
+        .to_string();
     b.signal("TERM");
     a.signal("TERM");
     assert_eq!(b.wait_exit(HANG), Some(0));
@@ -570,7 +574,7 @@ async fn retention_deletes_what_gone_replicas_left_but_never_a_live_file() {
         "outside the pattern"
     );
 
-    let a_log = logs.join(format!("api-{}.log", hostname()));
+    let a_log = logs.join(format!("api-{a_host}.log"));
     let deleted: HashMap<String, Value> =
         with_msg(&support::read_records(&a_log), "log file deleted")
             .into_iter()
@@ -599,12 +603,6 @@ async fn retention_deletes_what_gone_replicas_left_but_never_a_live_file() {
         assert!(r["idle_s"].as_u64().unwrap() >= MAX_AGE.as_secs(), "{r}");
         assert_eq!(r["bytes"], 3);
     }
-}
-
-/// The hostname `{hostname}` becomes, as `GET /` reports it.
-fn hostname() -> String {
-    let text = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    text.trim().to_string()
 }
 
 /// Runs the binary as `cmd` to its exit (it must not start serving): exit code and stderr.
