@@ -5,7 +5,8 @@
 #      JSON schemas in strict mode (unknown fields are errors) for each version in
 #      K8S_VERSIONS (`kubernetes-validate` ships the schemas);
 #   3. check the Pod Security Standard "restricted" and the service's own contract field by
-#      field (the Python below), failing on the first list of misses;
+#      field (the Python below), failing on the first list of misses; among them, that the
+#      log claim holds what rotation and retention let the pods write;
 #   4. run checkov on the same files: nothing may fail; each skip is a `checkov.io/skipN`
 #      annotation on its object carrying its one-line reason, printed below;
 #   5. render the monitoring overlay (deploy/prometheus/kubernetes) and check its PodMonitor
@@ -215,6 +216,49 @@ pvc = pvcs.get(claims.get(mounts.get("/app/logs")), {})
 need("ReadWriteMany" in (get(pvc, "spec", "accessModes", default=[]) or []),
      "PersistentVolumeClaim", "the log claim is ReadWriteMany")
 
+# The log claim cannot fill: rotation and retention are on, and the claim holds what they
+# let the pods write. Each pod writes at most (LOG_KEEP + 1) files of LOG_MAX_BYTES; the pods
+# with files at once are the replicas, the rolling update's surge, and the pods replaced
+# within LOG_MAX_AGE (the claim's annotation says how many it is sized for). 90% of the
+# claim: ext4 keeps 5% for root (the service is not root) and its metadata takes some.
+def size_bytes(s):
+    """A size as the service reads LOG_MAX_BYTES (100MiB, 64Mi, 500MB, 4096)."""
+    m = re.fullmatch(r"(\d+)\s*([A-Za-z]*)", str(s).strip())
+    units = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+             "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40,
+             "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+    if not m or m.group(2).lower() not in units:
+        return None
+    return int(m.group(1)) * units[m.group(2).lower()]
+
+max_bytes = size_bytes(env.get("LOG_MAX_BYTES") or "0")
+keep = env.get("LOG_KEEP") or "10"
+need(max_bytes is not None and max_bytes > 0, dw, "LOG_MAX_BYTES set: each pod's log is rotated")
+need(keep.isdigit() and int(keep) >= 1, dw, "LOG_KEEP a count >= 1")
+need(bool(env.get("LOG_MAX_AGE")), dw, "LOG_MAX_AGE set: the files of replaced pods are deleted")
+replaced = str(get(pvc, "metadata", "annotations", "api/replaced-pods-within-log-max-age",
+                   default=""))
+need(replaced.isdigit(), "PersistentVolumeClaim",
+     "annotation api/replaced-pods-within-log-max-age: the pods replaced within LOG_MAX_AGE")
+surge = get(spec, "strategy", "rollingUpdate", "maxSurge", default=1)
+replicas = spec.get("replicas") or 1
+if isinstance(surge, str) and surge.endswith("%"):
+    surge = -(-replicas * int(surge[:-1]) // 100)
+claim = quantity(get(pvc, "spec", "resources", "requests", "storage", default=""))
+claim_note = ""
+need(isinstance(surge, int), dw, "maxSurge a count or a percentage")
+if max_bytes and keep.isdigit() and replaced.isdigit() and claim and isinstance(surge, int):
+    writers = replicas + surge + int(replaced)
+    bound = writers * (int(keep) + 1) * max_bytes
+    need(bound <= 0.9 * claim, "PersistentVolumeClaim",
+         f"storage of at least {bound / 0.9 / 2**30:.2f} GiB, so that (replicas {replicas} + "
+         f"surge {surge} + replaced {replaced}) x (LOG_KEEP {keep} + 1) x LOG_MAX_BYTES "
+         f"{max_bytes / 2**20:g} MiB = {bound / 2**20:g} MiB is 90% of it at most "
+         f"(got {claim / 2**30:g} GiB)")
+    claim_note = (f"log claim: ({replicas} replicas + {surge} surge + {replaced} replaced) pods x "
+                  f"{int(keep) + 1} files x {max_bytes / 2**20:g} MiB = {bound / 2**20:g} MiB, "
+                  f"{100 * bound / claim:.0f}% of the {claim / 2**30:g} GiB claim")
+
 selector = get(spec, "selector", "matchLabels", default={})
 svc = one("Service")
 need(get(svc, "spec", "type", default="ClusterIP") == "ClusterIP", "Service", "type ClusterIP")
@@ -249,11 +293,13 @@ for n in nps:
                          for f in r["from"]),
                  "NetworkPolicy", "the metrics port 9464 only, only from a labelled namespace")
 
+need(claim_note, "PersistentVolumeClaim", "its size checked against the log's bound")
 if misses:
     print(f"FAIL restricted/contract field check: {len(misses)} miss(es)")
     for m in misses:
         print(f"  - {m}")
     sys.exit(1)
+print(claim_note)
 print(f"PASS restricted/contract field check: {len(docs)} objects, {len(pods)} pod template(s)")
 PY
 
@@ -301,6 +347,11 @@ mutate short-grace 'dep["terminationGracePeriodSeconds"] = 5'
 mutate init-root 'dep["initContainers"] = [{"name": "chown", "image": "busybox:1.37", "securityContext": {"runAsUser": 0}}]'
 mutate bad-field 'api["livenessProbe"]["httpGet"]["paht"] = "/"'
 mutate metrics-open 'next(d for d in docs if d["kind"] == "NetworkPolicy")["spec"]["ingress"][1].pop("from")'
+pvc='next(d for d in docs if d["kind"] == "PersistentVolumeClaim")'
+mutate small-claim "$pvc"'["spec"]["resources"]["requests"]["storage"] = "2Gi"'
+mutate more-kept 'next(e for e in api["env"] if e["name"] == "LOG_KEEP")["value"] = "10"'
+mutate no-rotation 'api["env"] = [e for e in api["env"] if e["name"] != "LOG_MAX_BYTES"]'
+mutate no-max-age 'api["env"] = [e for e in api["env"] if e["name"] != "LOG_MAX_AGE"]'
 
 # ---- 2. schemas -----------------------------------------------------------------------------
 step "schemas: kubernetes-validate --strict, Kubernetes $versions"
@@ -319,7 +370,7 @@ echo "PASS (self-test) a copy with an unknown field is rejected: $(grep -m1 -o "
 step "restricted profile and contract, field by field"
 python3 -c "$field_check" "$work/scan/rendered.yaml" "$work/scan/log-reader.yaml"
 for name in no-runasnonroot container-runasnonroot privesc caps rw-root hostpath hostnetwork no-readiness no-limits \
-            ns-label short-grace init-root metrics-open; do
+            ns-label short-grace init-root metrics-open small-claim more-kept no-rotation no-max-age; do
   if python3 -c "$field_check" "$work/broken-$name.yaml" >"$work/fc.out" 2>&1; then
     cat "$work/fc.out"
     die "the field check passed a copy broken by '$name': it cannot fail"

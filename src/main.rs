@@ -59,7 +59,7 @@ fn to_stdout(text: &str) {
 }
 
 fn serve(cfg: Config) -> ExitCode {
-    let sink = match Sink::open(&cfg.log_file, cfg.log_level, cfg.event_sync) {
+    let sink = match Sink::open(&cfg) {
         Ok(sink) => sink,
         Err(e) => {
             logging::to_stderr(&format!("error: {e}"));
@@ -96,7 +96,13 @@ fn serve(cfg: Config) -> ExitCode {
             max_body_bytes = cfg.max_body_bytes as u64,
             grace_ms = cfg.grace.as_millis() as u64,
             drain_delay_ms = cfg.drain_delay.as_millis() as u64,
-            event_sync = cfg.event_sync.as_str();
+            event_sync = cfg.event_sync.as_str(),
+            log_max_bytes = cfg.log_rotation.max_bytes,
+            log_keep = cfg.log_rotation.keep as u64,
+            log_max_age:% = cfg
+                .log_rotation
+                .max_age
+                .map_or_else(|| "none".to_string(), |a| format!("{}s", a.as_secs()));
             "listening"
         );
         let app = Arc::new(App::new(cfg, sink.clone()));

@@ -58,6 +58,9 @@ from runner import idle_connection_runs, pinned_rounds, scaling_rounds
 from sync import sync_rounds
 from workloads import WORKLOADS
 
+# The api-*-rot variants' settings: rotation and retention on, at a size no run reaches.
+ROTATION_ON = {"LOG_MAX_BYTES": "1GiB", "LOG_KEEP": "3", "LOG_MAX_AGE": "7d"}
+
 
 def main():
     args, variants_wanted, workloads, conn_steps = parse_args()
@@ -87,7 +90,9 @@ def parse_args():
     ap.add_argument("--variants",
                     default="api-info,api-off,api-info-musl,nginx,bare,bare-musl",
                     help="comma list from api-info, api-off, api-info-musl, "
-                         "api-off-musl, api-info-musl-metrics, nginx, nginx-nolog, bare, bare-musl "
+                         "api-off-musl, api-info-rot, api-info-rot-musl (built-in "
+                         "log rotation on), api-info-musl-metrics (the metrics "
+                         "listener on), nginx, nginx-nolog, bare, bare-musl "
                          "(a bare hyper server, scripts/bench/bare/)")
     ap.add_argument("--workloads", default="health,events")
     ap.add_argument("--scale-rounds", type=int, help="rounds of the unpinned "
@@ -202,6 +207,11 @@ def run(args, variants_wanted, workloads, conn_steps):
         "api-info-musl-metrics": {"kind": "api", "binary": api_musl,
                                   "log_level": "info",
                                   "env": {"METRICS_PORT": "0"}},
+        # Rotation on, at a size no run reaches: the cost between rotations.
+        "api-info-rot": {"kind": "api", "binary": api, "log_level": "info",
+                         "env": ROTATION_ON},
+        "api-info-rot-musl": {"kind": "api", "binary": api_musl,
+                              "log_level": "info", "env": ROTATION_ON},
         "nginx": {"kind": "nginx", "binary": args.nginx, "access_log": True},
         "nginx-nolog": {"kind": "nginx", "binary": args.nginx,
                         "access_log": False},

@@ -48,6 +48,7 @@ pub struct Config {
     pub log_file: PathBuf,
     pub log_level: LevelFilter,
     pub event_sync: EventSync,
+    pub log_rotation: LogRotation,
     pub max_body_bytes: usize,
     pub max_header_bytes: usize,
     pub max_connections: usize,
@@ -61,6 +62,28 @@ pub struct Config {
     pub workers: usize,
     /// The port of the metrics listener (on `host`), if it is on.
     pub metrics_port: Option<u16>,
+}
+
+/// The log file's own rotation and retention (`LOG_MAX_BYTES`, `LOG_KEEP`, `LOG_MAX_AGE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRotation {
+    /// The file is rotated before a record would take it past this size; 0: never.
+    pub max_bytes: u64,
+    /// Rotated files of this log file kept; older ones are deleted after each rotation.
+    pub keep: usize,
+    /// Files of the [`pattern`](Self::pattern) in the log directory not written for this long
+    /// are deleted (left by replicas that are gone, or rotated long ago); `None`: never.
+    pub max_age: Option<Duration>,
+    /// `LOG_FILE`'s file name as given, `{hostname}` not replaced: the name of every
+    /// replica's file.
+    pub pattern: String,
+}
+
+impl LogRotation {
+    /// Whether the file is rotated by size.
+    pub fn enabled(&self) -> bool {
+        self.max_bytes > 0
+    }
 }
 
 /// When an event's `201` is sent (`EVENT_SYNC`).
@@ -133,6 +156,24 @@ pub(super) const SETTINGS: &[Setting] = &[
         env: "EVENT_SYNC",
         default: "none",
         help: "an event's 201 follows: none, its write(2); data, also an fdatasync (survives power loss)",
+    },
+    Setting {
+        flag: "--log-max-bytes",
+        env: "LOG_MAX_BYTES",
+        default: "0",
+        help: "rotate the log file before it grows past this size, e.g. 100MiB (0: never)",
+    },
+    Setting {
+        flag: "--log-keep",
+        env: "LOG_KEEP",
+        default: "10",
+        help: "rotated files of the log file kept; older ones are deleted at each rotation",
+    },
+    Setting {
+        flag: "--log-max-age",
+        env: "LOG_MAX_AGE",
+        default: "",
+        help: "delete LOG_FILE's files in its directory (any hostname) not written for this long, e.g. 7d",
     },
     Setting {
         flag: "--max-body-bytes",
@@ -269,6 +310,9 @@ mod tests {
         assert_eq!(c.log_file, PathBuf::from("logs/api.log"));
         assert_eq!(c.log_level, LevelFilter::Info);
         assert_eq!(c.event_sync, EventSync::None);
+        assert!(!c.log_rotation.enabled());
+        assert_eq!(c.log_rotation.keep, 10);
+        assert_eq!(c.log_rotation.max_age, None);
         assert_eq!(c.max_body_bytes, 65536);
         assert_eq!(c.grace, Duration::from_secs(5));
         assert!(c.trusted_proxies.is_empty());

@@ -4,11 +4,13 @@
 
 use std::ffi::OsString;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use super::values::{IpNet, duration, duration_or_zero, parse_level, parse_port, positive};
-use super::{Command, Config, ConfigError, EventSync, SETTINGS, hostname};
+use super::values::{
+    IpNet, age, duration, duration_or_zero, parse_level, parse_port, positive, size,
+};
+use super::{Command, Config, ConfigError, EventSync, LogRotation, SETTINGS, hostname};
 
 /// Parses flags (without the program name) over environment values looked up by `env`.
 pub fn parse<I, E>(args: I, env: E) -> Result<Command, ConfigError>
@@ -67,6 +69,7 @@ where
             .unwrap_or_else(|| (SETTINGS[i].default.to_string(), "default".into()))
     };
     let host = get("--host");
+    let raw_log_file = get("--log-file");
     let cfg = Config {
         host: typed(host.clone(), "an IP address such as :: or 0.0.0.0", |s| {
             IpAddr::from_str(s).map_err(drop)
@@ -77,7 +80,8 @@ where
             "a port number 0-65535 (0: any free port)",
             parse_port,
         )?,
-        log_file: log_file(get("--log-file"))?,
+        log_rotation: log_rotation(&raw_log_file.0, &get)?,
+        log_file: log_file(raw_log_file)?,
         log_level: typed(
             get("--log-level"),
             "error, warn, info, debug or off",
@@ -187,6 +191,49 @@ fn typed<T>(
         ConfigError(format!(
             "invalid value '{raw}' for {origin}: expected {expected}"
         ))
+    })
+}
+
+/// Smallest `LOG_MAX_BYTES` other than 0: a file holds at least a few hundred records, so a
+/// rotation is never a rename per batch.
+const MIN_ROTATE_BYTES: u64 = 64 * 1024;
+
+/// `LOG_MAX_BYTES`, `LOG_KEEP` and `LOG_MAX_AGE`, with the pattern of `LOG_FILE` (`raw`, as
+/// given) that `LOG_MAX_AGE` deletes by.
+fn log_rotation(
+    raw: &str,
+    get: &impl Fn(&str) -> (String, String),
+) -> Result<LogRotation, ConfigError> {
+    let max_bytes = typed(
+        get("--log-max-bytes"),
+        "a size such as 100MiB, at least 64KiB, or 0 (never)",
+        |s| match size(s)? {
+            n if n == 0 || n >= MIN_ROTATE_BYTES => Ok(n),
+            _ => Err(()),
+        },
+    )?;
+    let keep = typed(get("--log-keep"), "a count >= 1", positive)?;
+    let max_age = get("--log-max-age");
+    let max_age = if max_age.0.trim().is_empty() {
+        None
+    } else {
+        Some(typed(max_age, "a duration such as 7d, 12h or 30m", age)?)
+    };
+    let pattern = Path::new(raw)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if max_age.is_some() && pattern.replace(HOSTNAME_PLACEHOLDER, "").is_empty() {
+        // The pattern would be every file in the directory.
+        return Err(ConfigError(format!(
+            "LOG_MAX_AGE needs a LOG_FILE name with more than {HOSTNAME_PLACEHOLDER} in it, such as logs/api-{HOSTNAME_PLACEHOLDER}.log (got '{raw}')"
+        )));
+    }
+    Ok(LogRotation {
+        max_bytes,
+        keep,
+        max_age,
+        pattern,
     })
 }
 
@@ -318,6 +365,33 @@ mod tests {
         let e = parse(["--metrics-port", "8000"], env_of(&[])).unwrap_err();
         assert!(e.0.contains("must differ from the API's port"), "{e}");
         assert!(parse(["--metrics-port", "x"], env_of(&[])).is_err());
+    }
+
+    #[test]
+    fn log_rotation_settings() {
+        let c = serve(
+            &["--log-max-bytes", "100MiB", "--log-max-age=7d"],
+            &[("LOG_KEEP", "4"), ("LOG_FILE", "logs/api-{hostname}.log")],
+        );
+        let r = c.log_rotation;
+        assert_eq!(r.max_bytes, 100 << 20);
+        assert!(r.enabled());
+        assert_eq!(r.keep, 4);
+        assert_eq!(r.max_age, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(r.pattern, "api-{hostname}.log");
+        let e = parse(["--log-max-bytes", "1000"], env_of(&[])).unwrap_err();
+        assert_eq!(
+            e.0,
+            "invalid value '1000' for --log-max-bytes: expected a size such as 100MiB, at least 64KiB, or 0 (never)"
+        );
+        assert!(parse(["--log-keep", "0"], env_of(&[])).is_err());
+        assert!(parse(["--log-max-age", "soon"], env_of(&[])).is_err());
+        let e = parse(
+            ["--log-max-age", "1d"],
+            env_of(&[("LOG_FILE", "logs/{hostname}")]),
+        )
+        .unwrap_err();
+        assert!(e.0.starts_with("LOG_MAX_AGE needs a LOG_FILE name"), "{e}");
     }
 
     #[test]

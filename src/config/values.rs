@@ -1,5 +1,5 @@
-//! The kinds of values settings take: ports, counts, log levels, durations, IP networks.
-//! Each parser says only whether the text is one; `parse` words the error.
+//! The kinds of values settings take: ports, counts, log levels, durations, sizes, IP
+//! networks. Each parser says only whether the text is one; `parse` words the error.
 
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -53,6 +53,58 @@ pub(super) fn duration(s: &str) -> Result<Duration, ()> {
     };
     let secs = num.parse::<f64>().map_err(drop)? * scale;
     if secs.is_finite() && secs > 0.0 && secs <= 86_400.0 {
+        Ok(Duration::from_secs_f64(secs))
+    } else {
+        Err(())
+    }
+}
+
+/// A byte count: a bare number, or one with a unit, binary (`KiB`, `MiB`, `GiB`, `TiB`, or
+/// Kubernetes' `Ki`, `Mi`, `Gi`, `Ti`) or decimal (`kB`, `MB`, `GB`, `TB`); units in any case.
+pub(super) fn size(s: &str) -> Result<u64, ()> {
+    const UNITS: [(&str, u64); 13] = [
+        ("kib", 1 << 10),
+        ("mib", 1 << 20),
+        ("gib", 1 << 30),
+        ("tib", 1 << 40),
+        ("ki", 1 << 10),
+        ("mi", 1 << 20),
+        ("gi", 1 << 30),
+        ("ti", 1 << 40),
+        ("kb", 1_000),
+        ("mb", 1_000_000),
+        ("gb", 1_000_000_000),
+        ("tb", 1_000_000_000_000),
+        ("b", 1),
+    ];
+    let s = s.trim();
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    let (num, unit) = s.split_at(digits);
+    let unit = unit.trim().to_ascii_lowercase();
+    let scale = match UNITS.iter().find(|(name, _)| *name == unit) {
+        Some((_, scale)) => *scale,
+        None if unit.is_empty() => 1,
+        None => return Err(()),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or(())
+}
+
+/// A duration that may run to days: `90s`, `30m`, `12h`, `7d`, or a bare number of seconds;
+/// above zero, at most ten years.
+pub(super) fn age(s: &str) -> Result<Duration, ()> {
+    let s = s.trim();
+    let (num, scale) = match s.char_indices().last() {
+        Some((i, 's')) => (&s[..i], 1.0),
+        Some((i, 'm')) => (&s[..i], 60.0),
+        Some((i, 'h')) => (&s[..i], 3_600.0),
+        Some((i, 'd')) => (&s[..i], 86_400.0),
+        _ => (s, 1.0),
+    };
+    let secs = num.trim().parse::<f64>().map_err(drop)? * scale;
+    if secs.is_finite() && secs > 0.0 && secs <= 3_650.0 * 86_400.0 {
         Ok(Duration::from_secs_f64(secs))
     } else {
         Err(())
@@ -128,5 +180,25 @@ mod tests {
         let any: IpNet = "0.0.0.0/0".parse().unwrap();
         assert!(any.contains("8.8.8.8".parse().unwrap()));
         assert!("10.0.0.0/33".parse::<IpNet>().is_err());
+    }
+
+    #[test]
+    fn sizes_and_ages() {
+        assert_eq!(size("0"), Ok(0));
+        assert_eq!(size("4096"), Ok(4096));
+        assert_eq!(size("100MiB"), Ok(100 << 20));
+        assert_eq!(size("64Mi"), Ok(64 << 20));
+        assert_eq!(size("2 GiB"), Ok(2 << 30));
+        assert_eq!(size("1mb"), Ok(1_000_000));
+        assert_eq!(size("512kB"), Ok(512_000));
+        assert!(size("").is_err() && size("MiB").is_err() && size("1.5MiB").is_err());
+        assert!(size("10XB").is_err() && size("-1").is_err());
+        assert!(size("99999999999TiB").is_err(), "overflow is refused");
+        assert_eq!(age("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(age("12h"), Ok(Duration::from_secs(12 * 3_600)));
+        assert_eq!(age("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(age("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(age("0").is_err() && age("-1d").is_err() && age("d").is_err());
+        assert!(age("3651d").is_err());
     }
 }

@@ -32,6 +32,8 @@ static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/jso
 static NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 /// A browser must take the JSON as JSON, never sniff it into something it would run.
 static NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
+/// User-Agent prefix of the kubelet's HTTP probes.
+const KUBE_PROBE_AGENT: &[u8] = b"kube-probe/";
 
 /// What the envelope knows of a request before it is routed.
 pub(super) struct Envelope<'a> {
@@ -105,12 +107,17 @@ impl<'a> Envelope<'a> {
             );
         }
 
-        // A probe every few seconds from `--healthcheck` must not flood the file: debug level.
+        // Probes every few seconds must not flood the file: debug level. The image's own
+        // (`--healthcheck`) comes over loopback; the kubelet's from the node, so only its
+        // probes of the probe routes qualify: a client calling itself a probe cannot hide
+        // anything else from the info log.
         let user_agent = self
             .fields
             .user_agent
             .map_or(&b""[..], HeaderValue::as_bytes);
-        let probe = self.peer_ip.is_loopback() && user_agent.starts_with(healthcheck::PROBE_AGENT);
+        let probe = (self.peer_ip.is_loopback()
+            && user_agent.starts_with(healthcheck::PROBE_AGENT))
+            || (user_agent.starts_with(KUBE_PROBE_AGENT) && probe_route(head));
         let level = if probe { Level::Debug } else { Level::Info };
         if app.sink.enabled(level) {
             let bytes = if head.method == Method::HEAD {
@@ -193,6 +200,12 @@ fn answer_headers(map: &mut HeaderMap, handler: &mut HeaderMap, request_id: Head
     if !handler.is_empty() {
         map.extend(handler.drain());
     }
+}
+
+/// Whether `head` asks what an orchestrator's probe asks: `GET` or `HEAD` of `/` or `/health`.
+fn probe_route(head: &Parts) -> bool {
+    (head.method == Method::GET || head.method == Method::HEAD)
+        && matches!(head.uri.path(), "/" | "/health")
 }
 
 fn body_len(resp: &Response<Body>) -> u64 {

@@ -1,31 +1,107 @@
-//! The log file itself: opening it for append (and, with `EVENT_SYNC=data`, making its
-//! directory entry durable), writing a batch without leaving a torn line, syncing it, and
-//! saying what went wrong twice over: in full for the operator, and as a short stable reason
-//! for clients, which must not learn the path, the uid or the OS's wording.
+//! The log file itself: opening it for append and locking it (and, with `EVENT_SYNC=data`,
+//! making its directory entry durable), writing a batch without leaving a torn line, syncing
+//! it, measuring its volume, and saying what went wrong twice over: in full for the operator,
+//! and as a short stable reason for clients, which must not learn the path, the uid or the
+//! OS's wording.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::EventSync;
 
-/// Opens `path` for appending, creating it and its directory if needed. With
-/// [`EventSync::Data`], the file and its directory are synced (and the parents of any
-/// directory created), so that a file created now still exists after a power loss.
-pub(super) fn open_append(path: &Path, sync: EventSync) -> io::Result<File> {
-    let dir = path
-        .parent()
+/// How a process holds its log file: exclusively when it rotates the file (a file renamed
+/// under another writer would carry that writer's records off), shared when it only appends
+/// (any number of processes may).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Hold {
+    Shared,
+    Exclusive,
+}
+
+/// Why the log file could not be taken.
+#[derive(Debug)]
+pub(super) enum TakeError {
+    /// Opening or creating it failed.
+    Io(io::Error),
+    /// Another process holds a lock on it that excludes this one's.
+    Held,
+}
+
+/// The log file, open for appending and locked.
+pub(super) struct Taken {
+    pub(super) file: File,
+    /// Why it is not locked, where its file system has no locks: it is used all the same.
+    pub(super) unlocked: Option<io::Error>,
+}
+
+/// How long taking the file waits for a lock held by another process: a retention sweep
+/// holds one for the moment of a delete, a live writer for good.
+const LOCK_PATIENCE: Duration = Duration::from_secs(1);
+
+/// The directory of `path` (`.` for a bare file name).
+pub(super) fn parent(path: &Path) -> &Path {
+    path.parent()
         .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+        .unwrap_or(Path::new("."))
+}
+
+/// Opens `path` for appending, creating it and its directory if needed, and locks it as
+/// `hold` says. With [`EventSync::Data`], the file and its directory are synced (and the
+/// parents of any directory created), so that a file created now still exists after a power
+/// loss.
+pub(super) fn take(path: &Path, sync: EventSync, hold: Hold) -> Result<Taken, TakeError> {
+    let dir = parent(path);
     // The directories that do not exist yet: each one's entry lives in its parent.
     let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
-    fs::create_dir_all(dir)?;
-    let mut file = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o644)
-        .open(path)?;
+    fs::create_dir_all(dir).map_err(TakeError::Io)?;
+    let deadline = Instant::now() + LOCK_PATIENCE;
+    loop {
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o644)
+            .open(path)
+            .map_err(TakeError::Io)?;
+        let locked = match hold {
+            Hold::Shared => file.try_lock_shared(),
+            Hold::Exclusive => file.try_lock(),
+        };
+        let unlocked = match locked {
+            Ok(()) => None,
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            Err(TryLockError::WouldBlock) => return Err(TakeError::Held),
+            Err(TryLockError::Error(e)) => Some(e),
+        };
+        // The lock may have been taken on a file that was renamed or deleted between the open
+        // and the lock (a rotation or a retention sweep in another process): take the one at
+        // the path instead.
+        if unlocked.is_none() && !same_file(&file, path) {
+            if Instant::now() < deadline {
+                continue;
+            }
+            return Err(TakeError::Io(io::Error::other(
+                "the file at this path kept changing while it was being opened",
+            )));
+        }
+        finish_open(&file, path, sync, dir, &missing).map_err(TakeError::Io)?;
+        return Ok(Taken { file, unlocked });
+    }
+}
+
+/// Closes a last line cut short, and in data mode makes the file's existence durable.
+fn finish_open(
+    mut file: &File,
+    path: &Path,
+    sync: EventSync,
+    dir: &Path,
+    missing: &[&Path],
+) -> io::Result<()> {
     // A file whose last line was cut short (a crash or power loss mid-write, by an older
     // writer) gets a newline first, so our first record is not glued onto the fragment.
     let meta = file.metadata()?;
@@ -46,18 +122,48 @@ pub(super) fn open_append(path: &Path, sync: EventSync) -> io::Result<File> {
             sync_dir(created.parent().unwrap_or(Path::new("/")))?;
         }
     }
-    Ok(file)
+    Ok(())
+}
+
+/// Whether `file` is the file at `path` now (not renamed away or deleted since it was opened;
+/// `path` may be a link to it).
+pub(super) fn same_file(file: &File, path: &Path) -> bool {
+    match (file.metadata(), fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 /// Makes the entries of `dir` durable (std has no `fsync` of a path, but a directory opened
 /// read-only can be synced).
-fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
     let dir = if dir.as_os_str().is_empty() {
         Path::new(".")
     } else {
         dir
     };
     File::open(dir)?.sync_all()
+}
+
+/// The bytes free to this (unprivileged) process on the volume holding `file`, and the
+/// volume's size; `None` where the file system does not say.
+pub(super) fn volume(file: &File) -> Option<(u64, u64)> {
+    let st = rustix::fs::fstatvfs(file).ok()?;
+    let unit = if st.f_frsize > 0 {
+        st.f_frsize
+    } else {
+        st.f_bsize
+    };
+    Some((
+        st.f_bavail.saturating_mul(unit),
+        st.f_blocks.saturating_mul(unit),
+    ))
+}
+
+/// Marks `file` as written now without writing to it, so that an idle replica's file is not
+/// taken for one that nobody writes (`LOG_MAX_AGE`).
+pub(super) fn touch(file: &File) -> io::Result<()> {
+    file.set_modified(SystemTime::now())
 }
 
 /// Writes `buf` with as few `write` calls as the kernel allows (one, unless the disk fills).
@@ -116,10 +222,7 @@ fn current_uid() -> Option<u32> {
 /// cause and what to do.
 pub(super) fn open_error(path: &Path, e: &io::Error) -> String {
     let uid = current_uid().map_or_else(|| "unknown".to_string(), |u| u.to_string());
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = parent(path);
     // Absolute, so that inside a container it reads `/app/logs`, the mount point.
     let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     let hint = match e.kind() {
@@ -131,6 +234,21 @@ pub(super) fn open_error(path: &Path, e: &io::Error) -> String {
     };
     format!(
         "cannot open log file {} for appending as uid {uid}: {e}; {hint}",
+        path.display()
+    )
+}
+
+/// The operator's message for a log file that another process holds: why one writer is
+/// needed, and what to do.
+pub(super) fn held_error(path: &Path, hold: Hold) -> String {
+    let why = match hold {
+        Hold::Exclusive => {
+            "this process rotates it (LOG_MAX_BYTES is set), so it must be the file's only writer"
+        }
+        Hold::Shared => "that process rotates it (LOG_MAX_BYTES is set there)",
+    };
+    format!(
+        "log file {} is in use by another process: {why}; give each process a file of its own with LOG_FILE=logs/api-{{hostname}}.log, or set LOG_MAX_BYTES=0 in every process that shares the file",
         path.display()
     )
 }
@@ -173,13 +291,40 @@ mod tests {
         let _ = fs::remove_dir_all(&root);
         for (n, sync) in [EventSync::None, EventSync::Data].into_iter().enumerate() {
             let path = root.join(format!("m{n}/a/b/api.log"));
-            let mut f = open_append(&path, sync).unwrap();
+            let mut f = take(&path, sync, Hold::Shared).unwrap().file;
             assert_eq!(write_batch(&mut f, b"{}\n").0, 3);
             drop(f);
-            let mut f = open_append(&path, sync).unwrap();
+            let mut f = take(&path, sync, Hold::Shared).unwrap().file;
             assert_eq!(write_batch(&mut f, b"{}\n").0, 3);
             assert_eq!(fs::read(&path).unwrap(), b"{}\n{}\n");
         }
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    /// Shared holders coexist; an exclusive holder excludes every other (within one process
+    /// too: locks belong to the open file, not the process).
+    #[test]
+    fn holds_exclude_as_documented() {
+        let root = std::env::temp_dir().join(format!("api-hold-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let path = root.join("api.log");
+        let a = take(&path, EventSync::None, Hold::Shared).unwrap();
+        let b = take(&path, EventSync::None, Hold::Shared).unwrap();
+        assert!(a.unlocked.is_none() && b.unlocked.is_none());
+        assert!(matches!(
+            take(&path, EventSync::None, Hold::Exclusive),
+            Err(TakeError::Held)
+        ));
+        drop((a, b));
+        let x = take(&path, EventSync::None, Hold::Exclusive).unwrap();
+        assert!(matches!(
+            take(&path, EventSync::None, Hold::Shared),
+            Err(TakeError::Held)
+        ));
+        assert!(same_file(&x.file, &path));
+        fs::rename(&path, root.join("moved.log")).unwrap();
+        assert!(!same_file(&x.file, &path));
+        assert!(volume(&x.file).is_some_and(|(free, total)| total > 0 && free <= total));
         let _ = fs::remove_dir_all(&root);
     }
 }

@@ -6,10 +6,11 @@
 //!   straight into the sink's buffer ([`Sink::access`]) or handed over whole and waited for
 //!   ([`Sink::append_event`]), which a logger's fire-and-forget interface cannot express.
 //!
-//! Files: `sink` owns the writer thread, the buffer and group commit; `file` opens, writes
-//! and syncs the file and words its failures; `access` and `event` are the two record
-//! formats; `json` is the JSON writer they (and every other record) are written with;
-//! `stderr` writes to stderr.
+//! Files: `sink` owns the writer thread, the buffer and group commit; `file` opens, locks,
+//! writes and syncs the file and words its failures; `rotate` names, rotates and deletes
+//! files (`LOG_MAX_BYTES`, `LOG_KEEP`, `LOG_MAX_AGE`); `stats` holds what the writer counts
+//! and measures; `access` and `event` are the two record formats; `json` is the JSON writer
+//! they (and every other record) are written with; `stderr` writes to stderr.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -22,7 +23,9 @@ mod access;
 mod event;
 mod file;
 pub(crate) mod json;
+mod rotate;
 mod sink;
+mod stats;
 mod stderr;
 
 use json::Line;
@@ -30,6 +33,7 @@ use json::Line;
 pub(crate) use access::Access;
 pub(crate) use event::EventRecord;
 pub use sink::{NotWritten, OpenError, Sink};
+pub use stats::{LogSnapshot, LogStats};
 pub use stderr::to_stderr;
 
 /// The fields that tie a record to its request, as the access and the event record both

@@ -222,16 +222,16 @@ impl Scanner<'_> {
     /// element (then `pos` is at that value: false) or to the end of the document (true).
     fn after_value(&mut self) -> Result<bool, Error> {
         loop {
-            if self.stack.len() == 1 {
-                if let Some(start) = self.member_start.take() {
-                    // Nested objects' keys are gone once closed: the last is this member's.
-                    let key = self.keys.last().expect("a member has a key");
-                    self.members.push(Member {
-                        raw_key: &self.input[key.raw.clone()],
-                        key_escaped: key.escaped,
-                        value: start..self.out_pos(),
-                    });
-                }
+            if self.stack.len() == 1
+                && let Some(start) = self.member_start.take()
+            {
+                // Nested objects' keys are gone once closed: the last is this member's.
+                let key = self.keys.last().expect("a member has a key");
+                self.members.push(Member {
+                    raw_key: &self.input[key.raw.clone()],
+                    key_escaped: key.escaped,
+                    value: start..self.out_pos(),
+                });
             }
             self.skip_ws();
             match self.stack.last() {
@@ -328,10 +328,10 @@ impl Scanner<'_> {
         let Some(Frame::Object { keys }) = self.stack.pop() else {
             unreachable!("close_object is called with an object open");
         };
-        if self.duplicate.is_none() {
-            if let Some(i) = duplicate(self.input, &self.keys[keys..]) {
-                self.duplicate = Some(self.path_to(keys, keys + i));
-            }
+        if self.duplicate.is_none()
+            && let Some(i) = duplicate(self.input, &self.keys[keys..])
+        {
+            self.duplicate = Some(self.path_to(keys, keys + i));
         }
         self.keys.truncate(keys);
     }

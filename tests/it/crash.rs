@@ -20,7 +20,7 @@ use crate::support::{self, Api, TempDir};
 
 /// What became of one POST /events.
 #[derive(Debug)]
-enum Outcome {
+pub(crate) enum Outcome {
     /// 201, with the event id.
     Acked(String),
     /// Any other complete answer.
@@ -34,21 +34,21 @@ enum Outcome {
 
 /// One request a load client sent: its request id and what came back.
 #[derive(Debug)]
-struct Sent {
-    rid: String,
-    outcome: Outcome,
+pub(crate) struct Sent {
+    pub(crate) rid: String,
+    pub(crate) outcome: Outcome,
 }
 
 /// Shared by the load clients of one test: when to stop, and how many 201s so far.
 #[derive(Clone, Default)]
-struct Load {
-    stop: Arc<AtomicBool>,
-    acks: Arc<AtomicUsize>,
+pub(crate) struct Load {
+    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) acks: Arc<AtomicUsize>,
 }
 
 impl Load {
     /// Waits until `n` events have been acknowledged in all (at most [`HANG`]).
-    async fn until_acked(&self, n: usize) {
+    pub(crate) async fn until_acked(&self, n: usize) {
         let start = Instant::now();
         while self.acks.load(Ordering::Relaxed) < n {
             assert!(
@@ -107,7 +107,7 @@ async fn post_loop(
 }
 
 /// Starts `clients` load clients against `addr`.
-fn start_load(
+pub(crate) fn start_load(
     addr: std::net::SocketAddr,
     clients: usize,
     tag: &str,
@@ -121,7 +121,7 @@ fn start_load(
     set
 }
 
-async fn join_all(mut set: JoinSet<Vec<Sent>>) -> Vec<Sent> {
+pub(crate) async fn join_all(mut set: JoinSet<Vec<Sent>>) -> Vec<Sent> {
     let mut all = Vec::new();
     while let Some(r) = set.join_next().await {
         all.extend(r.expect("a load client does not panic"));
@@ -129,7 +129,7 @@ async fn join_all(mut set: JoinSet<Vec<Sent>>) -> Vec<Sent> {
     all
 }
 
-fn acked_ids(sent: &[Sent]) -> Vec<String> {
+pub(crate) fn acked_ids(sent: &[Sent]) -> Vec<String> {
     sent.iter()
         .filter_map(|s| match &s.outcome {
             Outcome::Acked(id) => Some(id.clone()),
@@ -140,7 +140,7 @@ fn acked_ids(sent: &[Sent]) -> Vec<String> {
 
 /// Reads a log file line by line: the records that parse as JSON objects, and the lines
 /// that do not (torn or interleaved), instead of failing at the first.
-fn scan(path: &Path) -> (Vec<Value>, Vec<String>) {
+pub(crate) fn scan(path: &Path) -> (Vec<Value>, Vec<String>) {
     let bytes = std::fs::read(path).unwrap_or_default();
     let mut records = Vec::new();
     let mut torn = Vec::new();
@@ -160,8 +160,8 @@ fn scan(path: &Path) -> (Vec<Value>, Vec<String>) {
 }
 
 /// Event data sizes: mostly small, every 8th up to 12 KiB, so group commits reach many pages.
-fn mixed_pad(c: usize, n: usize) -> usize {
-    if (c + n) % 8 == 0 {
+pub(crate) fn mixed_pad(c: usize, n: usize) -> usize {
+    if (c + n).is_multiple_of(8) {
         4000 + (c * 997 + n * 131) % 8000
     } else {
         (c * 31 + n * 17) % 300
@@ -376,23 +376,29 @@ async fn sigterm_under_load_completes_accepted_requests_and_flushes() {
 }
 
 /// A tmpfs mounted for one test, lazily unmounted on drop.
-struct Tmpfs(PathBuf);
+pub(crate) struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    fn mount(dir: &Path, options: &str) -> Tmpfs {
+    pub(crate) fn mount(dir: &Path, options: &str) -> Tmpfs {
+        Tmpfs::try_mount(dir, options).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Mounts a tmpfs, or says why it could not (no root, no CAP_SYS_ADMIN).
+    pub(crate) fn try_mount(dir: &Path, options: &str) -> Result<Tmpfs, String> {
         std::fs::create_dir_all(dir).unwrap();
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", options, "tmpfs"])
             .arg(dir)
             .output()
             .expect("mount(8) runs");
-        assert!(
-            out.status.success(),
-            "cannot mount a tmpfs ({options}) at {}: {}; this test needs root (CAP_SYS_ADMIN), as CI has",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        Tmpfs(dir.to_path_buf())
+        if !out.status.success() {
+            return Err(format!(
+                "cannot mount a tmpfs ({options}) at {}: {}; this test needs root (CAP_SYS_ADMIN), as CI has",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs(dir.to_path_buf()))
     }
 }
 
@@ -403,7 +409,7 @@ impl Drop for Tmpfs {
 }
 
 /// Statuses of `GET /health` until it answers `want` (at most [`HANG`]).
-async fn health_becomes(addr: std::net::SocketAddr, want: u16) -> bool {
+pub(crate) async fn health_becomes(addr: std::net::SocketAddr, want: u16) -> bool {
     let start = Instant::now();
     while start.elapsed() < HANG {
         if kit::health_status(addr, HANG).await == Some(want) {
@@ -790,7 +796,7 @@ async fn four_processes_append_100k_records_without_a_torn_line() {
                     let mut batch = Vec::new();
                     for i in 0..PIPELINE {
                         let n = b * PIPELINE + i;
-                        let len = if n % 16 == 0 { 6000 + (n * 131) % 3000 } else { (n * 37) % 200 };
+                        let len = if n.is_multiple_of(16) { 6000 + (n * 131) % 3000 } else { (n * 37) % 200 };
                         let body = format!(
                             r#"{{"type":"append.p{p}","data":{{"p":{p},"c":{c},"n":{n},"len":{len},"pad":"{}"}}}}"#,
                             "z".repeat(len)
@@ -1017,10 +1023,10 @@ async fn a_broken_stderr_does_not_hide_a_failing_log() {
     let mut addr = None;
     let mut line = String::new();
     while addr.is_none() && stderr.read_line(&mut line).unwrap_or(0) > 0 {
-        if let Ok(rec) = serde_json::from_str::<Value>(&line) {
-            if rec["msg"] == "listening" {
-                addr = rec["addr"].as_str().and_then(|a| a.parse().ok());
-            }
+        if let Ok(rec) = serde_json::from_str::<Value>(&line)
+            && rec["msg"] == "listening"
+        {
+            addr = rec["addr"].as_str().and_then(|a| a.parse().ok());
         }
         line.clear();
     }

@@ -176,7 +176,7 @@ async fn every_response_says_no_store_and_nosniff() {
 // ---- EVENT_SYNC=data, seen in the syscalls ------------------------------------------------
 
 /// strace, or why the test cannot run: under `CI=true` a missing strace fails the test.
-fn strace() -> Option<&'static str> {
+pub(crate) fn strace() -> Option<&'static str> {
     let found = std::process::Command::new("strace")
         .arg("-V")
         .output()
@@ -193,7 +193,7 @@ fn strace() -> Option<&'static str> {
 }
 
 /// The pid of the one child of `pid` (the api under strace).
-fn child_of(pid: u32) -> u32 {
+pub(crate) fn child_of(pid: u32) -> u32 {
     let path = format!("/proc/{pid}/task/{pid}/children");
     let text = std::fs::read_to_string(&path).expect("procfs lists children");
     text.split_whitespace()
@@ -245,7 +245,7 @@ async fn trace_one_event(strace: &str, mode: &str) -> Vec<String> {
 
 /// Where in `trace` a syscall matching `what` ends: its own line if it completed at once,
 /// else the line where strace reports it resumed.
-fn ends_at(trace: &[String], start: usize) -> usize {
+pub(crate) fn ends_at(trace: &[String], start: usize) -> usize {
     let line = &trace[start];
     if !line.ends_with("<unfinished ...>") {
         return start;

@@ -411,11 +411,10 @@ pub async fn trickle(
                 _ => return true,
             },
             () = tokio::time::sleep(every) => {
-                if let Some(byte) = bytes.next() {
-                    if stream.write_all(&[byte]).await.is_err() {
+                if let Some(byte) = bytes.next()
+                    && stream.write_all(&[byte]).await.is_err() {
                         return true;
                     }
-                }
             }
             () = &mut stop => return false,
         }

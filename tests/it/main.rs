@@ -28,5 +28,7 @@ mod race;
 /// Running as one of several replicas: drain delay, readiness vs liveness, dual stack,
 /// per-replica log files.
 mod replicas;
+/// The log's own rotation and retention: under load, kill -9, a small volume, replicas.
+mod rotation;
 /// Routes, statuses, bodies and headers.
 mod routes;

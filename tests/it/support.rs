@@ -84,8 +84,7 @@ pub async fn start_server_with(env: &[(&str, &str)]) -> TestServer {
         Ok(config::Command::Serve(cfg)) => cfg,
         other => panic!("test settings must parse: {other:?}"),
     };
-    let sink =
-        Sink::open(&cfg.log_file, cfg.log_level, cfg.event_sync).expect("the test log opens");
+    let sink = Sink::open(&cfg).expect("the test log opens");
     let log = cfg.log_file.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -220,10 +219,10 @@ impl Api {
         let reader = std::thread::spawn(move || {
             for line in std::io::BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
-                if let Ok(rec) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if rec["msg"] == "listening" {
-                        let _ = tx.send(rec["addr"].as_str().unwrap_or("").to_string());
-                    }
+                if let Ok(rec) = serde_json::from_str::<serde_json::Value>(&line)
+                    && rec["msg"] == "listening"
+                {
+                    let _ = tx.send(rec["addr"].as_str().unwrap_or("").to_string());
                 }
                 let mut all = keep.lock().unwrap();
                 all.push_str(&line);

@@ -1,0 +1,90 @@
+//! What the log's writer thread counts and measures, in one place: rotations and deletions
+//! since start (counters), and the disk headroom as last measured (gauges). The writer thread
+//! stores, anyone reads: `GET /` reads them without touching the disk, so a stalled volume
+//! cannot hold up the liveness probe.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Stands for "not measured" (no volume figures from a file system that gives none).
+const UNKNOWN: u64 = u64::MAX;
+
+/// The log's counters and gauges, updated by the writer thread.
+pub struct LogStats {
+    /// Files rotated because the next records would have taken them past `LOG_MAX_BYTES`.
+    pub rotations: AtomicU64,
+    /// Files deleted by `LOG_KEEP` or `LOG_MAX_AGE`, and the bytes they held.
+    pub deleted_files: AtomicU64,
+    pub deleted_bytes: AtomicU64,
+    /// The current file's size.
+    pub(super) file_bytes: AtomicU64,
+    /// This log file's rotated files in its directory, and their bytes.
+    pub(super) rotated_files: AtomicU64,
+    pub(super) rotated_bytes: AtomicU64,
+    /// The log volume's bytes free to this process, and its size (`statvfs`).
+    pub(super) volume_free: AtomicU64,
+    pub(super) volume_total: AtomicU64,
+}
+
+/// [`LogStats`] at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogSnapshot {
+    pub rotations: u64,
+    pub deleted_files: u64,
+    pub deleted_bytes: u64,
+    pub file_bytes: u64,
+    pub rotated_files: u64,
+    pub rotated_bytes: u64,
+    /// `None` where the file system did not say.
+    pub volume_free: Option<u64>,
+    pub volume_total: Option<u64>,
+}
+
+impl Default for LogStats {
+    fn default() -> LogStats {
+        LogStats {
+            rotations: AtomicU64::new(0),
+            deleted_files: AtomicU64::new(0),
+            deleted_bytes: AtomicU64::new(0),
+            file_bytes: AtomicU64::new(0),
+            rotated_files: AtomicU64::new(0),
+            rotated_bytes: AtomicU64::new(0),
+            volume_free: AtomicU64::new(UNKNOWN),
+            volume_total: AtomicU64::new(UNKNOWN),
+        }
+    }
+}
+
+impl LogStats {
+    pub fn snapshot(&self) -> LogSnapshot {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let known = |n: u64| (n != UNKNOWN).then_some(n);
+        LogSnapshot {
+            rotations: get(&self.rotations),
+            deleted_files: get(&self.deleted_files),
+            deleted_bytes: get(&self.deleted_bytes),
+            file_bytes: get(&self.file_bytes),
+            rotated_files: get(&self.rotated_files),
+            rotated_bytes: get(&self.rotated_bytes),
+            volume_free: known(get(&self.volume_free)),
+            volume_total: known(get(&self.volume_total)),
+        }
+    }
+
+    /// Records the volume's free and total bytes, or that they are unknown.
+    pub(super) fn volume(&self, free_total: Option<(u64, u64)>) {
+        let (free, total) = free_total.unwrap_or((UNKNOWN, UNKNOWN));
+        self.volume_free.store(free, Ordering::Relaxed);
+        self.volume_total.store(total, Ordering::Relaxed);
+    }
+
+    /// Records this log file's rotated files as counted in the directory.
+    pub(super) fn rotated(&self, files: u64, bytes: u64) {
+        self.rotated_files.store(files, Ordering::Relaxed);
+        self.rotated_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    pub(super) fn deleted(&self, bytes: u64) {
+        self.deleted_files.fetch_add(1, Ordering::Relaxed);
+        self.deleted_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
