@@ -27,6 +27,7 @@
 mod app;
 pub mod config;
 mod healthcheck;
+mod histogram;
 mod http;
 mod ids;
 pub mod logging;

@@ -201,15 +201,32 @@ fn cut_torn_line(file: &File, buf: &[u8], done: usize, e: io::Error) -> (usize, 
 /// The reason a client is given when the log cannot be written: short, stable, and free of
 /// paths, uids and OS wording (the full error goes to stderr and the log).
 pub(super) fn public_reason(e: &io::Error) -> &'static str {
+    REASONS[reason(e)].1
+}
+
+/// The kinds of write failure, as a metric's label and in a client's words.
+pub(super) const REASONS: [(&str, &str); 5] = [
+    ("disk_full", "log file not writable: disk full"),
+    (
+        "permission_denied",
+        "log file not writable: permission denied",
+    ),
+    ("read_only", "log file not writable: read-only file system"),
+    ("io_error", "log file not writable: I/O error"),
+    ("other", "log file not writable"),
+];
+
+/// The index in [`REASONS`] of `e`'s kind.
+pub(super) fn reason(e: &io::Error) -> usize {
     // EIO, EDQUOT: no stable ErrorKind for them in std yet.
     const EIO: i32 = 5;
     const EDQUOT: i32 = 122;
     match (e.kind(), e.raw_os_error()) {
-        (io::ErrorKind::StorageFull, _) | (_, Some(EDQUOT)) => "log file not writable: disk full",
-        (io::ErrorKind::PermissionDenied, _) => "log file not writable: permission denied",
-        (io::ErrorKind::ReadOnlyFilesystem, _) => "log file not writable: read-only file system",
-        (_, Some(EIO)) => "log file not writable: I/O error",
-        _ => "log file not writable",
+        (io::ErrorKind::StorageFull, _) | (_, Some(EDQUOT)) => 0,
+        (io::ErrorKind::PermissionDenied, _) => 1,
+        (io::ErrorKind::ReadOnlyFilesystem, _) => 2,
+        (_, Some(EIO)) => 3,
+        _ => 4,
     }
 }
 

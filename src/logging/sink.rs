@@ -123,6 +123,8 @@ struct Pending {
     access: AccessFormat,
     /// Durable appends waiting for the write that carries `buf[..end]`.
     acks: Vec<(usize, Ack)>,
+    /// How many of them carry a record (the rest are flushes).
+    events: u64,
     /// A task will ask the writer thread to write `buf` at once (it holds durable records).
     commit_scheduled: bool,
     flush_now: bool,
@@ -217,6 +219,7 @@ impl Sink {
                 buf: notices,
                 access: AccessFormat::new(&host_json),
                 acks: Vec::new(),
+                events: 0,
                 commit_scheduled: false,
                 reopen: Vec::new(),
                 // The first pass counts what is in the directory and deletes what is due.
@@ -338,6 +341,7 @@ impl Sink {
             p.buf.extend_from_slice(line);
             let end = p.buf.len();
             p.acks.push((end, tx));
+            p.events += u64::from(!line.is_empty());
             !std::mem::replace(&mut p.commit_scheduled, true)
         };
         if lead {
@@ -592,12 +596,12 @@ fn retain(shared: &Shared) {
 fn commit(shared: &Shared) -> MutexGuard<'_, Output> {
     let mut out = lock(&shared.output);
     let out_ref = &mut *out;
-    let acks = {
+    let (acks, events) = {
         let mut p = lock(&shared.pending);
         std::mem::swap(&mut p.buf, &mut out_ref.batch);
         p.commit_scheduled = false;
         p.flush_now = false;
-        std::mem::take(&mut p.acks)
+        (std::mem::take(&mut p.acks), std::mem::take(&mut p.events))
     };
     let failing = shared.failed.load(Ordering::Acquire);
     if out_ref.batch.is_empty() && acks.is_empty() && !failing {
@@ -630,6 +634,7 @@ fn commit(shared: &Shared) -> MutexGuard<'_, Output> {
         // A failed sync is a failed write: nothing in the batch is acknowledged. The pages
         // are in the file as far as readers can tell, but whether they reach the disk is
         // unknown (the kernel may drop them and clear the error).
+        let began = Instant::now();
         let synced = out_ref.file.sync_data().and_then(|()| {
             if out_ref.dir_unsynced {
                 file::sync_dir(file::parent(&shared.path))?;
@@ -637,6 +642,7 @@ fn commit(shared: &Shared) -> MutexGuard<'_, Output> {
             }
             Ok(())
         });
+        shared.stats.synced(began.elapsed());
         if let Err(e) = synced {
             (written, error, failed_to) = (offset, Some(e), "sync");
         }
@@ -654,6 +660,7 @@ fn commit(shared: &Shared) -> MutexGuard<'_, Output> {
             }
         }
         Some(e) => {
+            shared.stats.failed(e);
             let unwritten_part = &out_ref.batch[written.max(offset)..];
             out_ref.unwritten += unwritten_part.iter().filter(|&&b| b == b'\n').count() as u64;
             let detail = format!("cannot {failed_to} {}: {e}", shared.path.display());
@@ -667,6 +674,9 @@ fn commit(shared: &Shared) -> MutexGuard<'_, Output> {
             });
             shared.failed.store(true, Ordering::Release);
         }
+    }
+    if events > 0 {
+        shared.stats.batch_events.observe(events);
     }
     for (end, ack) in acks {
         let result = if end + offset <= written {
@@ -716,6 +726,10 @@ fn write_out(shared: &Shared, out: &mut Output) -> (usize, Option<io::Error>, &'
     if done > 0 {
         out.wrote = true;
         shared.stats.file_bytes.store(out.size, Ordering::Relaxed);
+        shared
+            .stats
+            .written_bytes
+            .fetch_add(done as u64, Ordering::Relaxed);
     }
     (done, None, "write")
 }

@@ -1,9 +1,14 @@
-//! What the log's writer thread counts and measures, in one place: rotations and deletions
-//! since start (counters), and the disk headroom as last measured (gauges). The writer thread
-//! stores, anyone reads: `GET /` reads them without touching the disk, so a stalled volume
-//! cannot hold up the liveness probe.
+//! What the log's writer thread counts and measures, in one place: bytes written, failed
+//! writes, events per write and sync times, rotations and deletions since start (counters
+//! and histograms), and the disk headroom as last measured (gauges). The writer thread
+//! stores, anyone reads: `GET /` and the metrics read them without touching the disk, so a
+//! stalled volume cannot hold up the liveness probe or a scrape.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::file::REASONS;
+use crate::histogram::{COUNT_BOUNDS, DURATION_BOUNDS_US, Histogram};
 
 /// Stands for "not measured" (no volume figures from a file system that gives none).
 const UNKNOWN: u64 = u64::MAX;
@@ -23,6 +28,16 @@ pub struct LogStats {
     /// The log volume's bytes free to this process, and its size (`statvfs`).
     pub(super) volume_free: AtomicU64,
     pub(super) volume_total: AtomicU64,
+    /// Bytes that reached the file.
+    pub(crate) written_bytes: AtomicU64,
+    /// Failed write (or sync) attempts by kind, in the order of [`LogStats::FAILURE_KINDS`];
+    /// while the file fails, each retry counts.
+    pub(crate) failures: [AtomicU64; REASONS.len()],
+    /// Event records per write that carried any: how many events share one write, and with
+    /// `EVENT_SYNC=data` one sync.
+    pub(crate) batch_events: Histogram,
+    /// How long each `fdatasync` of a batch took, in microseconds (`EVENT_SYNC=data`).
+    pub(crate) sync_us: Histogram,
 }
 
 /// [`LogStats`] at one moment.
@@ -50,11 +65,37 @@ impl Default for LogStats {
             rotated_bytes: AtomicU64::new(0),
             volume_free: AtomicU64::new(UNKNOWN),
             volume_total: AtomicU64::new(UNKNOWN),
+            written_bytes: AtomicU64::new(0),
+            failures: Default::default(),
+            batch_events: Histogram::new(&COUNT_BOUNDS),
+            sync_us: Histogram::new(&DURATION_BOUNDS_US),
         }
     }
 }
 
 impl LogStats {
+    /// The kinds of failed write, as labels, in the order of [`LogStats::failures`].
+    pub(crate) const FAILURE_KINDS: [&str; REASONS.len()] = {
+        let mut kinds = [""; REASONS.len()];
+        let mut i = 0;
+        while i < REASONS.len() {
+            kinds[i] = REASONS[i].0;
+            i += 1;
+        }
+        kinds
+    };
+
+    /// Counts a write that failed with `e`.
+    pub(super) fn failed(&self, e: &std::io::Error) {
+        self.failures[super::file::reason(e)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a sync of a batch that took `took`.
+    pub(super) fn synced(&self, took: Duration) {
+        self.sync_us
+            .observe(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+    }
+
     pub fn snapshot(&self) -> LogSnapshot {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let known = |n: u64| (n != UNKNOWN).then_some(n);

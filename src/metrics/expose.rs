@@ -7,10 +7,12 @@ use std::fmt::{Display, Write as _};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::histogram::Snapshot;
 use super::process::Process;
 use super::{METHODS, ROUTES, STATUSES};
 use crate::app::App;
+use crate::config::EventSync;
+use crate::histogram::Snapshot;
+use crate::logging::LogStats;
 
 /// The content type of the text format.
 pub(crate) const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -80,8 +82,9 @@ fn requests(w: &mut Writer, app: &App) {
     for (route, h) in ROUTES.iter().zip(&m.durations) {
         w.histogram(
             "http_request_duration_seconds",
-            ("route", route),
+            Some(("route", route)),
             &h.snapshot(),
+            true,
         );
     }
 }
@@ -101,11 +104,13 @@ fn events(w: &mut Writer, app: &App) {
             "Time from an event being taken for writing to its acknowledgement: its batch's wait, write and (EVENT_SYNC=data) sync.",
         );
         let h = m.event_writes.snapshot();
-        w.histogram_unlabelled("api_event_write_duration_seconds", &h);
+        w.histogram("api_event_write_duration_seconds", None, &h, true);
     }
 }
 
 fn log(w: &mut Writer, app: &App) {
+    let stats = app.sink.stats();
+    let log = stats.snapshot();
     w.family(
         "api_log_ready",
         Kind::Gauge,
@@ -118,13 +123,91 @@ fn log(w: &mut Writer, app: &App) {
         "1 once a shutdown has begun, else 0.",
     );
     w.sample("api_draining", &[], u8::from(app.phases.draining()));
-    if let Ok(meta) = std::fs::metadata(&app.cfg.log_file) {
+    w.family(
+        "api_log_written_bytes_total",
+        Kind::Counter,
+        "Bytes written to the log file.",
+    );
+    let written = stats.written_bytes.load(Ordering::Relaxed);
+    w.sample("api_log_written_bytes_total", &[], written);
+    w.family(
+        "api_log_write_failures_total",
+        Kind::Counter,
+        "Failed writes (or syncs) of the log, by reason; while the file fails, each retry counts.",
+    );
+    for (reason, n) in LogStats::FAILURE_KINDS.iter().zip(&stats.failures) {
+        let n = n.load(Ordering::Relaxed);
+        w.sample("api_log_write_failures_total", &[("reason", reason)], n);
+    }
+    w.family(
+        "api_log_batch_events",
+        Kind::Histogram,
+        "Event records per write of the log (group commit): how many events share a write.",
+    );
+    let batches = stats.batch_events.snapshot();
+    w.histogram("api_log_batch_events", None, &batches, false);
+    if app.cfg.event_sync == EventSync::Data {
         w.family(
-            "api_log_file_bytes",
-            Kind::Gauge,
-            "Size of the log file being written.",
+            "api_event_sync_duration_seconds",
+            Kind::Histogram,
+            "Time of each fdatasync that makes a batch of events durable (EVENT_SYNC=data).",
         );
-        w.sample("api_log_file_bytes", &[], meta.len());
+        let syncs = stats.sync_us.snapshot();
+        w.histogram("api_event_sync_duration_seconds", None, &syncs, true);
+    }
+    let gauges = [
+        (
+            "api_log_file_bytes",
+            "Size of the log file being written.",
+            Some(log.file_bytes),
+        ),
+        (
+            "api_log_rotated_files",
+            "This replica's rotated log files kept in the log directory.",
+            Some(log.rotated_files),
+        ),
+        (
+            "api_log_rotated_bytes",
+            "The bytes of this replica's rotated log files.",
+            Some(log.rotated_bytes),
+        ),
+        (
+            "api_log_volume_free_bytes",
+            "Bytes free to the service on the log's file system.",
+            log.volume_free,
+        ),
+        (
+            "api_log_volume_size_bytes",
+            "Size of the log's file system.",
+            log.volume_total,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        if let Some(v) = value {
+            w.family(name, Kind::Gauge, help);
+            w.sample(name, &[], v);
+        }
+    }
+    let counters = [
+        (
+            "api_log_rotations_total",
+            "Log files rotated at LOG_MAX_BYTES.",
+            log.rotations,
+        ),
+        (
+            "api_log_deleted_files_total",
+            "Log files deleted by LOG_KEEP or LOG_MAX_AGE.",
+            log.deleted_files,
+        ),
+        (
+            "api_log_deleted_bytes_total",
+            "The bytes of the log files deleted.",
+            log.deleted_bytes,
+        ),
+    ];
+    for (name, help, value) in counters {
+        w.family(name, Kind::Counter, help);
+        w.sample(name, &[], value);
     }
 }
 
@@ -265,21 +348,30 @@ impl Writer {
         let _ = writeln!(self.out, " {value}");
     }
 
-    /// A histogram's buckets, sum and count, with one label; observations in microseconds,
-    /// exposed in seconds.
-    fn histogram(&mut self, name: &str, label: (&str, &str), h: &Snapshot) {
-        self.histogram_with(name, Some(label), h);
-    }
-
-    fn histogram_unlabelled(&mut self, name: &str, h: &Snapshot) {
-        self.histogram_with(name, None, h);
-    }
-
-    fn histogram_with(&mut self, name: &str, label: Option<(&str, &str)>, h: &Snapshot) {
+    /// A histogram's buckets, sum and count, with `label` if any; `in_seconds` for one
+    /// observed in microseconds, exposed in seconds.
+    fn histogram(
+        &mut self,
+        name: &str,
+        label: Option<(&str, &str)>,
+        h: &Snapshot,
+        in_seconds: bool,
+    ) {
+        let value = |n: u64| {
+            if in_seconds {
+                seconds(n)
+            } else {
+                n.to_string()
+            }
+        };
         let bucket = format!("{name}_bucket");
         let extra: Vec<(&str, &str)> = label.into_iter().collect();
         for (bound, n) in h.bounds.iter().zip(&h.cumulative) {
-            let le = seconds(*bound);
+            let le = if in_seconds {
+                seconds(*bound)
+            } else {
+                format!("{bound}.0")
+            };
             let mut labels = extra.clone();
             labels.push(("le", &le));
             self.sample(&bucket, &labels, n);
@@ -287,7 +379,7 @@ impl Writer {
         let mut labels = extra.clone();
         labels.push(("le", "+Inf"));
         self.sample(&bucket, &labels, h.count);
-        self.sample(&format!("{name}_sum"), &extra, seconds(h.sum));
+        self.sample(&format!("{name}_sum"), &extra, value(h.sum));
         self.sample(&format!("{name}_count"), &extra, h.count);
     }
 }

@@ -13,11 +13,10 @@ use std::time::Duration;
 use hyper::Method;
 
 mod expose;
-mod histogram;
 mod process;
 
+use crate::histogram::{DURATION_BOUNDS_US, Histogram};
 pub(crate) use expose::{CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, render};
-use histogram::Histogram;
 
 /// The routes as labels; anything else is `other`.
 const ROUTES: [&str; 4] = ["/", "/health", "/events", "other"];
@@ -27,12 +26,6 @@ const METHODS: [&str; 4] = ["GET", "HEAD", "POST", "other"];
 /// reach it); any other is counted as `other`.
 const STATUSES: [u16; 14] = [
     200, 201, 400, 404, 405, 408, 413, 415, 422, 431, 500, 501, 503, 0,
-];
-
-/// Request durations, in microseconds: 50 µs to 10 s.
-static DURATION_BOUNDS_US: [u64; 17] = [
-    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
-    1_000_000, 2_500_000, 5_000_000, 10_000_000,
 ];
 
 /// What the request path counts.

@@ -183,3 +183,75 @@ async fn metrics_and_api_do_not_share_slots() {
     let r = tokio::time::timeout(HANG, kit::get(srv.addr, "/health")).await;
     assert_eq!(r.expect("the API answers").status, 200);
 }
+
+/// The log's metrics follow its writes: bytes written equal the file's size, every event is
+/// in the events-per-write histogram, each sync is timed with EVENT_SYNC=data, and the
+/// rotation counters move as the file rotates.
+#[tokio::test]
+async fn log_metrics_follow_the_file() {
+    let srv = start_server_with(&[
+        ("METRICS_PORT", "0"),
+        ("EVENT_SYNC", "data"),
+        ("LOG_MAX_BYTES", "64KiB"),
+        ("LOG_KEEP", "2"),
+    ])
+    .await;
+    let metrics = srv.metrics.unwrap();
+    let pad = "p".repeat(2000);
+    for i in 0..60 {
+        let r = kit::post_event(srv.addr, &format!(r#"{{"type":"m","data":"{i}{pad}"}}"#)).await;
+        assert_eq!(r.status, 201);
+    }
+    srv.records().await; // everything buffered is in a file
+    let s = samples(&String::from_utf8(scrape(metrics, "text/plain").await.body).unwrap());
+    assert_eq!(s["api_log_batch_events_sum"], 60.0);
+    assert!(s["api_log_batch_events_count"] >= 1.0);
+    assert!(s["api_event_sync_duration_seconds_count"] >= 1.0);
+    let rotations = s["api_log_rotations_total"];
+    assert!(rotations >= 1.0, "60 records of 2 KiB rotate a 64 KiB file");
+    assert_eq!(s["api_log_deleted_files_total"], (rotations - 2.0).max(0.0));
+    let dir = srv.log.parent().unwrap();
+    let on_disk: u64 = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    let deleted = s["api_log_deleted_bytes_total"];
+    assert_eq!(s["api_log_written_bytes_total"], on_disk as f64 + deleted);
+    assert_eq!(
+        s["api_log_file_bytes"],
+        std::fs::metadata(&srv.log).unwrap().len() as f64
+    );
+    assert!(s["api_log_volume_size_bytes"] >= s["api_log_volume_free_bytes"]);
+    assert!(s["api_log_volume_free_bytes"] > 0.0);
+}
+
+/// A full disk shows in the metrics as the alerts read it: the log not ready, failed writes
+/// counted as `disk_full`, and the refused events as 503s of `/events`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_shows_in_the_metrics() {
+    let dir = crate::support::TempDir::new();
+    let mnt = dir.0.join("small");
+    let _fs = crate::crash::Tmpfs::mount(&mnt, "size=64k,mode=0755");
+    std::fs::write(mnt.join("filler"), vec![0u8; 60 * 1024]).expect("the filler fits");
+    let log = mnt.join("api.log");
+    let srv =
+        start_server_with(&[("METRICS_PORT", "0"), ("LOG_FILE", log.to_str().unwrap())]).await;
+    let metrics = srv.metrics.unwrap();
+    let pad = "f".repeat(3000);
+    let mut refused = 0;
+    for i in 0..100 {
+        let r = kit::post_event(srv.addr, &format!(r#"{{"type":"full","data":"{i}{pad}"}}"#)).await;
+        if r.status == 503 {
+            refused += 1;
+            break;
+        }
+        assert_eq!(r.status, 201);
+    }
+    assert_eq!(refused, 1, "the disk fills within 100 events of 3 KiB");
+    let s = samples(&String::from_utf8(scrape(metrics, "text/plain").await.body).unwrap());
+    assert_eq!(s["api_log_ready"], 0.0);
+    assert!(s[r#"api_log_write_failures_total{reason="disk_full"}"#] >= 1.0);
+    assert_eq!(s[r#"api_log_write_failures_total{reason="other"}"#], 0.0);
+    let refused_key = r#"http_requests_total{route="/events",method="POST",code="503"}"#;
+    assert_eq!(s[refused_key], 1.0);
+}

@@ -1,7 +1,17 @@
 //! A histogram with fixed bucket bounds, kept in atomics: an observation is a comparison or
-//! a few and two atomic additions, so requests never wait on each other or on a scrape.
+//! a few and two atomic additions, so requests never wait on each other or on a scrape. The
+//! request path and the log writer keep theirs; the metrics listener reads them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Durations, in microseconds: 50 µs to 10 s.
+pub(crate) static DURATION_BOUNDS_US: [u64; 17] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+
+/// Counts, in powers of two: 1 to 1024.
+pub(crate) static COUNT_BOUNDS: [u64; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
 
 /// Fixed bucket bounds and the counts observed into them.
 pub(crate) struct Histogram {
