@@ -626,10 +626,10 @@ fn unwritable_log_locations_exit_1_with_one_line() {
         let mut cmd = if nobody {
             let mut c = Command::new("setpriv");
             c.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
-                .arg(env!("CARGO_BIN_EXE_api"));
+                .args(support::api_argv());
             c
         } else {
-            Command::new(env!("CARGO_BIN_EXE_api"))
+            support::api_binary()
         };
         cmd.current_dir(&dir.0)
             .env("HOST", "127.0.0.1")
