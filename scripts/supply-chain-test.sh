@@ -180,7 +180,7 @@ else
   if [ -n "$db" ]; then
     when=$(git -C "$db" log -1 --format=%cI)
     age=$(( ($(date +%s) - $(git -C "$db" log -1 --format=%ct)) / 86400 ))
-    figure "advisory database: $(find "$db" -path "$db/.git" -prune -o -name 'RUSTSEC-*.md' -print | wc -l) advisories, last commit $when ($age days old)"
+    figure "advisory database: $(find -H "$db" -path "$db/.git" -prune -o -name 'RUSTSEC-*.md' -print | wc -l) advisories, last commit $when ($age days old)"
     # The check can fail: the same database plus one advisory against a crate the binary
     # contains (log, every version affected) must fail it, naming that advisory.
     mkdir -p "$WORK/planted"
