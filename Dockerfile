@@ -10,6 +10,9 @@
 
 # Pinned toolchain; CI passes a local stand-in of the same image (see README, "Tests").
 ARG BUILDER_IMAGE=rust:1.95-slim-bookworm
+# The time every file in the image carries, in seconds since the epoch: the commit's time for
+# a release, the epoch itself by default. Nothing else in the layer depends on when it is built.
+ARG SOURCE_DATE_EPOCH=0
 
 # ---- build: static binary ------------------------------------------------------------------
 # Never run as a container, so no HEALTHCHECK (DL3057 is enabled for the runtime stage).
@@ -59,15 +62,18 @@ RUN target="$(cat /triple)" \
  && cp "target/$target/release/api" /api
 
 # The runtime files laid out as they will be, with fixed owners and times, for one COPY: the
-# layer then depends only on the binary and SOURCE_DATE_EPOCH (default: the epoch), never on
-# when it was built. /app is root-owned, so that only logs/ below it belongs to the runtime
-# user; the binary stays root-owned too (the service cannot replace it).
-ARG SOURCE_DATE_EPOCH=0
-RUN mkdir -p /rootfs/app/logs \
- && cp /api /rootfs/api \
- && chown 10001:10001 /rootfs/app/logs \
- && chmod 755 /rootfs/api /rootfs/app /rootfs/app/logs \
- && touch -d "@${SOURCE_DATE_EPOCH}" /rootfs/api /rootfs/app/logs /rootfs/app
+# layer then depends only on the binary and SOURCE_DATE_EPOCH, never on when it was built.
+# /app is root-owned, so that only logs/ below it belongs to the runtime user; the binary
+# stays root-owned too (the service cannot replace it). The time is also in the directory's
+# name: BuildKit reuses a cached COPY whose files match in content and owner, whatever their
+# times, so only another source path makes a build with another time copy its own.
+ARG SOURCE_DATE_EPOCH
+RUN root="/rootfs/${SOURCE_DATE_EPOCH}" \
+ && mkdir -p "$root/app/logs" \
+ && cp /api "$root/api" \
+ && chown 10001:10001 "$root/app/logs" \
+ && chmod 755 "$root/api" "$root/app" "$root/app/logs" \
+ && touch -d "@${SOURCE_DATE_EPOCH}" "$root/api" "$root/app/logs" "$root/app"
 
 # ---- runtime: scratch ----------------------------------------------------------------------
 FROM scratch
@@ -88,7 +94,8 @@ LABEL org.opencontainers.image.title="api" \
       org.opencontainers.image.base.name="scratch"
 
 # COPY from another stage keeps the owners set above (10001 for /app/logs only).
-COPY --from=build /rootfs/ /
+ARG SOURCE_DATE_EPOCH
+COPY --from=build /rootfs/${SOURCE_DATE_EPOCH}/ /
 WORKDIR /app
 
 # Numeric uid:gid: no passwd file needed, and Kubernetes' runAsNonRoot can verify it.
