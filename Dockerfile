@@ -1,7 +1,8 @@
 # Two stages: a Debian Rust toolchain builds one static musl binary; the runtime image is
 # `scratch` holding that binary and an empty, non-root-owned /app/logs. Nothing else: no shell,
-# no libc, no package manager. Builds with BuildKit, the legacy builder (docker-compose v1)
-# and offline: no `# syntax=` line, no `RUN --mount`.
+# no libc, no package manager. Builds with BuildKit and with the legacy builder
+# (docker-compose v1): no `# syntax=` line, no `RUN --mount`; offline when the builder image
+# already has cargo-auditable (below).
 #
 # linux/amd64 and linux/arm64 from any host, without emulation: the build stage runs on the
 # building machine and cross-compiles for the platform asked for (`--platform`). The bytes are
