@@ -169,10 +169,11 @@ pub fn api_argv() -> Vec<std::ffi::OsString> {
     }
 }
 
-/// How many times longer than natively a spawned binary takes to do the same work:
-/// `API_TIME_FACTOR`, a whole number, 1 when unset. Set it when `API_RUNNER` emulates another
-/// architecture. Only a test that gives the binary a fixed span of time to get work done
-/// scales that span by it; limits that only bound a hang (like [`START_LIMIT`]) need not.
+/// How many times longer than natively the service under test, in process or spawned, takes
+/// to do the same work: `API_TIME_FACTOR`, a whole number, 1 when unset. Set it when the tests
+/// run under an emulator (cargo's target runner, and `API_RUNNER` for the binary). Only a test
+/// that gives the service a fixed span of time to get work done scales that span by it;
+/// limits that only bound a hang (like [`START_LIMIT`]) need not.
 pub fn time_factor() -> u32 {
     match std::env::var("API_TIME_FACTOR") {
         Ok(v) => v
