@@ -212,7 +212,7 @@ async fn trace_one_event(strace: &str, mode: &str) -> Vec<String> {
         .arg("trace=write,writev,pwrite64,sendto,sendmsg,fsync,fdatasync,sync_file_range")
         .arg("-o")
         .arg(&trace)
-        .arg(env!("CARGO_BIN_EXE_api"))
+        .args(support::api_argv())
         .current_dir(&dir.0)
         .env("HOST", "127.0.0.1")
         .env("PORT", "0")
@@ -373,7 +373,9 @@ async fn kill_9_with_event_sync_data_loses_no_acknowledged_event() {
                 ok
             });
         }
-        tokio::time::sleep(Duration::from_millis(150 + 70 * round)).await;
+        // The load window is a span of time: an emulated binary needs it longer.
+        let window = Duration::from_millis(150 + 70 * round) * support::time_factor();
+        tokio::time::sleep(window).await;
         api.signal("KILL");
         assert_eq!(api.wait_exit(HANG), None);
         while let Some(r) = clients.join_next().await {

@@ -168,9 +168,40 @@ pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool
     cond()
 }
 
-/// The binary under test.
+/// The binary under test, after the runner named by `API_RUNNER` when that is set: an
+/// emulator such as `qemu-aarch64-static` for a binary built for another architecture (the
+/// kernel cannot exec it without a binfmt handler, and registering one changes the whole
+/// machine). A runner is one program name, no arguments.
+pub fn api_argv() -> Vec<std::ffi::OsString> {
+    let bin = env!("CARGO_BIN_EXE_api").into();
+    match std::env::var_os("API_RUNNER").filter(|r| !r.is_empty()) {
+        Some(runner) => vec![runner, bin],
+        None => vec![bin],
+    }
+}
+
+/// How many times longer than natively the service under test, in process or spawned, takes
+/// to do the same work: `API_TIME_FACTOR`, a whole number, 1 when unset. Set it when the tests
+/// run under an emulator (cargo's target runner, and `API_RUNNER` for the binary). Only a test
+/// that gives the service a fixed span of time to get work done scales that span by it;
+/// limits that only bound a hang (like [`START_LIMIT`]) need not.
+pub fn time_factor() -> u32 {
+    match std::env::var("API_TIME_FACTOR") {
+        Ok(v) => v
+            .parse()
+            .ok()
+            .filter(|f| *f >= 1)
+            .unwrap_or_else(|| panic!("API_TIME_FACTOR={v:?}: want a whole number >= 1")),
+        Err(_) => 1,
+    }
+}
+
+/// The binary under test as a command (through `API_RUNNER`, see [`api_argv`]).
 pub fn api_binary() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_api"))
+    let argv = api_argv();
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    cmd
 }
 
 /// Longest wait for a started binary's "listening" record.
