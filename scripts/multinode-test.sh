@@ -127,13 +127,14 @@ node_field() { ctl node inspect -f "$2" "$1" 2>/dev/null; }
 nginx_up() { [ "$(curl -s -m 2 -o /dev/null -w '%{http_code}' "http://$(ip_of "$1"):$LB_PORT/health")" = 200 ]; }
 # nginx_container NODE: the running nginx container on NODE.
 nginx_container() { on "$1" ps -q --filter "label=com.docker.swarm.service.name=${STACK}_nginx" --filter status=running | head -n 1; }
-# time_wait NODE: sockets in TIME_WAIT in the network namespace of NODE's nginx.
+# time_wait NODE: sockets in TIME_WAIT (state 06) in the network namespace of NODE's nginx,
+# read from its /proc in the node (no tool needed there beyond cat).
 time_wait() {
-  local c
+  local c pid
   c=$(nginx_container "$1")
-  [ -n "$c" ] || { echo "?"; return; }
-  "$DOCKER" exec "$P-$1" sh -c \
-    "nsenter -t \$(docker inspect -f '{{.State.Pid}}' $c) -n ss -Htan state time-wait | wc -l"
+  pid=$([ -n "$c" ] && on "$1" inspect -f '{{.State.Pid}}' "$c")
+  [ -n "$pid" ] || { echo "?"; return; }
+  "$DOCKER" exec "$P-$1" cat "/proc/$pid/net/tcp" "/proc/$pid/net/tcp6" 2>/dev/null | awk '$4 == "06"' | wc -l
 }
 # wait_for SECS WHAT CMD...: polls CMD every half second for at most SECS; on success
 # prints "  <time since t0>s: WHAT" and returns 0.
