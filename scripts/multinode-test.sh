@@ -6,8 +6,9 @@
 #   1. a forced rolling update: 0 failed requests;
 #   2. a node drained (`docker node update --availability drain`): 0 failed requests;
 #   3. the node holding 2 of the 3 replicas lost as if its power failed (its network link
-#      down at once, then its container SIGKILLed), then started again: failures only among the requests in flight at the kill and never more
-#      than those, the swarm back to 3 healthy replicas, the node rejoining.
+#      down at once, then its container SIGKILLed), then started again: failures only among
+#      the requests in flight at the kill and never more than those, the swarm back to 3
+#      healthy replicas, the node rejoining.
 # In every phase every acknowledged event (201) is in exactly one node's log files, once, no
 # request is written twice, and the access records name the client nginx saw. Prints, per
 # phase, requests, failures by kind, acknowledged events per node, Swarm's timings and what
@@ -27,10 +28,10 @@
 # never kills the Raft leader, which would add an election to the recovery being measured.
 #
 # Which node is drained and which is killed is chosen from where the tasks run, so that the
-# kill always takes 2 of the 3 replicas (the worst single-node loss: one replica left until
-# Swarm replaces the others): phase 2 drains a node whose tasks can only land on the node
-# phase 3 then kills, pausing (`--availability pause`) a third node during the drain if that
-# is what makes the outcome certain. See plan_drain.
+# kill takes 2 of the 3 replicas (the worst single-node loss: one replica left until Swarm
+# replaces the others): phase 2 drains a node whose tasks can only land on the node phase 3
+# then kills, pausing (`--availability pause`) a third node during the drain if that is what
+# makes the outcome certain. See plan_drain; phase 3's figures say how many the node held.
 #
 # Traffic goes only to the nodes' addresses on the test's own bridge network: the nodes
 # publish nginx's port in their own network namespaces, not on the host.
