@@ -175,8 +175,11 @@ def main():
 
     # Records with no 201 behind them, and request ids written more than once.
     unacked = [(i, locs) for i, locs in where.items() if i not in acked_ids]
-    allowed = lambda rid_, locs: (  # noqa: E731
-        args.kill and rid_ in in_flight and all(n == args.killed for n, _ in locs))
+
+    def allowed(rid_, locs):
+        """Written only on the killed node, for a request in flight when it died."""
+        return args.kill and rid_ in in_flight and all(n == args.killed for n, _ in locs)
+
     rid_of = {}
     for r_id, evs in by_rid.items():
         for ev, _ in evs:
