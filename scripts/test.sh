@@ -8,7 +8,8 @@
 #
 # Usage: scripts/test.sh
 # Environment: BUILDER_IMAGE, CURL_IMAGE and NGINX_IMAGE are passed on to the container,
-# Swarm and load-balancer tests; ADVISORY_DB to the supply-chain checks.
+# Swarm and load-balancer tests; ADVISORY_DB to the supply-chain checks; DIND_IMAGE (a
+# Docker engine image, default docker:dind) to the three-node Swarm test.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -55,6 +56,8 @@ if "${DOCKER:-docker}" info >/dev/null 2>&1; then
   scripts/swarm-test.sh
   step "compose + nginx: rolling restart under load"
   scripts/lb-test.sh
+  step "three-node Swarm: rolling update, drain and node loss under load"
+  scripts/multinode-test.sh
 elif [ "${CI:-}" = true ]; then
   echo "error: no Docker engine answers; the container tests are required in CI" >&2
   exit 1

@@ -117,6 +117,27 @@ async fn duplicate_keys_are_422_naming_the_path() {
     assert_eq!(kit::post_event(srv.addr, ok).await.status, 201);
 }
 
+/// A POST retried on another replica with its `X-Request-Id`: one request_id, two event ids.
+#[tokio::test]
+async fn retried_post_keeps_its_request_id_under_a_new_event_id() {
+    let replicas = [support::start_server().await, support::start_server().await];
+    let body = br#"{"type":"order","data":{"n":1}}"#;
+    let mut ids = Vec::new();
+    for srv in &replicas {
+        let r = post_with_id(srv.addr, "client-retry-1", body).await;
+        assert_eq!(r.status, 201, "{:?}", String::from_utf8_lossy(&r.body));
+        let line = event_line(srv, "client-retry-1").await;
+        let rec: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            rec["id"],
+            r.json()["id"],
+            "the 201 names the stored record: {line}"
+        );
+        ids.push(rec["id"].as_str().expect("an event id").to_string());
+    }
+    assert_ne!(ids[0], ids[1], "each write is its own event");
+}
+
 /// Invalid UTF-8 and lone surrogate escapes are a 400 that says what and where.
 #[tokio::test]
 async fn bad_text_is_400_with_line_and_column() {
