@@ -50,7 +50,10 @@ def build(args):
         os.makedirs(src)
         archive = subprocess.run(["git", "-C", REPO, "archive", args.rev],
                                  capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", src], input=archive, check=True)
+        # -m: the files dated now, not at the commit. Cargo decides by dates whether a
+        # file changed since the last build in this target directory, and a commit older
+        # than the build before would look unchanged: the other commit's binary measured.
+        subprocess.run(["tar", "-x", "-m", "-C", src], input=archive, check=True)
     cmds = [["cargo", "build", "--release", "--locked"]]
     if args.musl:
         cmds.append(cmds[0] + ["--target", MUSL_TARGET])
