@@ -1,8 +1,13 @@
 //! The metrics listener: `GET /metrics` on a port of its own, for Prometheus. It shares
 //! nothing with the API's accept loop on purpose: it has its own small cap and no eviction,
-//! so a scraper never takes an API slot and a full API never hides its own numbers. hyper's
-//! header timer guards it against slow clients, and a connection lives at most
-//! [`CONNECTION_LIFETIME`], so the few slots always come back.
+//! so a scraper never takes an API slot and a full API never hides its own numbers. Its
+//! sockets are guarded as the API's are (head, idle and write timeouts, closing at
+//! shutdown), and a connection lives at most [`CONNECTION_LIFETIME`], so the few slots
+//! always come back.
+//!
+//! Its connections are of the API's socket type on purpose: hyper's connection code is then
+//! built once, as it is without this listener, and stays inlined into the API's; a second
+//! socket type cost every API request about 400 instructions (docs/performance.md).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,10 +17,12 @@ use hyper::Request;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use super::activity::{Activity, HeadSignal};
+use super::conn::Guarded;
 use super::{ACCEPT_BACKOFF, per_connection};
 use crate::app::App;
 use crate::http;
@@ -28,16 +35,14 @@ const MAX_CONNECTIONS: usize = 4;
 /// a slot without scraping can take.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
-/// Time to send a request head.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Serves `GET /metrics` on `listener` until the runtime stops.
 pub async fn serve_metrics(listener: TcpListener, app: Arc<App>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .keep_alive(true);
+    // The socket keeps the head timeout (see `conn::Guarded`).
+    http.header_read_timeout(None).keep_alive(true);
+    // Never given to an admission: these connections are never evicted.
+    let heads = Arc::new(HeadSignal::default());
     loop {
         // Accept only with a free slot: beyond them, scrapers wait in the listen backlog.
         let slot = Arc::clone(&slots)
@@ -54,12 +59,17 @@ pub async fn serve_metrics(listener: TcpListener, app: Arc<App>) {
                 continue;
             }
         };
+        let activity = Arc::new(Activity::new());
+        let io = Guarded::new(stream, Arc::clone(&activity), &app, Arc::clone(&heads));
         let app = Arc::clone(&app);
+        // The guards time heads and idle time by the requests the socket is told about.
         let service = service_fn(move |req: Request<Incoming>| {
+            activity.begin();
             let resp = http::metrics(&app, &req);
+            activity.finish(std::time::Instant::now());
             async move { Ok::<_, Infallible>(resp) }
         });
-        let conn = http.serve_connection(TokioIo::new(stream), service);
+        let conn = http.serve_connection(TokioIo::new(io), service);
         tokio::spawn(async move {
             let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
             drop(slot);

@@ -255,3 +255,26 @@ async fn a_full_disk_shows_in_the_metrics() {
     let refused_key = r#"http_requests_total{route="/events",method="POST",code="503"}"#;
     assert_eq!(s[refused_key], 1.0);
 }
+
+/// The metrics port's sockets are guarded as the API's: a keep-alive scraper scrapes again on
+/// its connection, and a head that never ends is cut at HEADER_TIMEOUT.
+#[tokio::test]
+async fn metrics_connections_are_guarded() {
+    let srv = start_server_with(&[("METRICS_PORT", "0"), ("HEADER_TIMEOUT", "1s")]).await;
+    let metrics = srv.metrics.unwrap();
+    let mut scraper = Conn::open(metrics).await.unwrap();
+    for _ in 0..3 {
+        let r = scraper
+            .roundtrip(b"GET /metrics HTTP/1.1\r\nHost: p\r\n\r\n")
+            .await
+            .response()
+            .expect("an answer on the kept-alive connection");
+        assert_eq!(r.status, 200);
+    }
+    let mut slow = Conn::open(metrics).await.unwrap();
+    slow.io
+        .write_all(b"GET /metrics HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    assert!(slow.closes_within(HANG).await, "a slow head is cut");
+}
