@@ -43,15 +43,27 @@ impl IdGen {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let value =
             u128::from(ms & 0xffff_ffff_ffff) << 80 | u128::from(self.node) << 32 | u128::from(seq);
-        const HEX: &[u8; 16] = b"0123456789abcdef";
+        // Two digits per byte from a table, into a fixed array: this runs once or twice per
+        // request, and a digit at a time costs a shift, a mask and a load each.
         let mut hex = [0; 32];
         for (pair, byte) in hex.chunks_exact_mut(2).zip(value.to_be_bytes()) {
-            pair[0] = HEX[usize::from(byte >> 4)];
-            pair[1] = HEX[usize::from(byte & 0xf)];
+            pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
         }
         Id(hex)
     }
 }
+
+/// Every byte's two lowercase hex digits.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut table = [[0; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = [HEX[i >> 4], HEX[i & 0xf]];
+        i += 1;
+    }
+    table
+};
 
 /// One id: 32 lowercase hex digits, kept inline (no allocation).
 #[derive(PartialEq, Eq, Hash)]

@@ -4,7 +4,6 @@
 //! Adding a route is one arm here and one new file.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,7 +21,7 @@ mod health;
 mod info;
 mod metrics;
 
-use body::Body;
+pub(crate) use body::Body;
 use envelope::Envelope;
 use error::ApiError;
 pub(crate) use metrics::metrics;
@@ -45,9 +44,9 @@ const ROUTES: &[(&str, &str, &str)] = &[
 /// An answer: ready, or to come (`POST /events`, which waits for its body and the disk). Both
 /// give the instant the answer was ready (the access record's, and where the connection's
 /// idle time starts).
-pub(crate) enum Answer {
+pub(crate) enum Answer<F> {
     Now(Response<Body>, Instant),
-    Later(Pin<Box<dyn Future<Output = (Response<Body>, Instant)> + Send>>),
+    Later(F),
 }
 
 /// The router: answers one request, in the envelope. The routes that need not wait are
@@ -55,15 +54,18 @@ pub(crate) enum Answer {
 /// into its connection state, and a future that holds the request costs more copying than
 /// the whole answer to `GET /health` (docs/performance.md). HEAD is served wherever GET is;
 /// hyper drops the body of HEAD answers.
-pub(crate) fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Answer {
+pub(crate) fn handle(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Answer<impl Future<Output = (Response<Body>, Instant)> + Send + use<>> {
     let start = Instant::now();
     let (head, body) = req.into_parts();
     let handler: Handler = match (&head.method, head.uri.path()) {
         (&Method::GET | &Method::HEAD, "/") => |app| Ok(info::get(app)),
         (&Method::GET | &Method::HEAD, "/health") => |app| Ok(health::get(app)),
         (&Method::POST, "/events") => {
-            let answer = post_event(Arc::clone(app), head, body, peer, start);
-            return Answer::Later(Box::pin(answer));
+            return Answer::Later(post_event(Arc::clone(app), head, body, peer, start));
         }
         (_, "/" | "/health") => |_| Err(ApiError::MethodNotAllowed("GET, HEAD")),
         (_, "/events") => |_| Err(ApiError::MethodNotAllowed("POST")),
@@ -76,7 +78,13 @@ pub(crate) fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -
 type Handler = fn(&App) -> Result<Response<Body>, ApiError>;
 
 /// Answers with `handler`, in the envelope.
-fn now(app: &App, mut head: Parts, peer: SocketAddr, start: Instant, handler: Handler) -> Answer {
+fn now<F>(
+    app: &App,
+    mut head: Parts,
+    peer: SocketAddr,
+    start: Instant,
+    handler: Handler,
+) -> Answer<F> {
     let mut generated = None;
     let env = Envelope::open(app, &head, peer, start, &mut generated);
     let result = env.check_head(app, &head).and_then(|()| handler(app));

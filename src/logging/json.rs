@@ -92,12 +92,24 @@ impl<'a> Rec<'a> {
     pub(crate) fn ip(&mut self, ip: IpAddr) {
         match ip {
             IpAddr::V4(v4) => {
-                let [a, b, c, d] = v4.octets();
-                self.u64(u64::from(a));
-                for octet in [b, c, d] {
-                    self.put(b".");
-                    self.u64(u64::from(octet));
+                // Into a fixed array, then one copy of the used part (see `put_first`).
+                let mut text = [0; 16];
+                let mut len = 0;
+                for octet in v4.octets() {
+                    let [tens, ones] = DIGIT_PAIRS[usize::from(octet % 100)];
+                    if octet >= 100 {
+                        text[len] = b'0' + octet / 100;
+                        len += 1;
+                    }
+                    if octet >= 10 {
+                        text[len] = tens;
+                        len += 1;
+                    }
+                    text[len] = ones;
+                    text[len + 1] = b'.';
+                    len += 2;
                 }
+                self.put_first(&text, len - 1); // without the last dot
             }
             IpAddr::V6(v6) => {
                 // Writing to a Rec cannot fail.
@@ -293,7 +305,11 @@ pub(crate) fn timestamp(t: OffsetDateTime) -> [u8; TIMESTAMP_LEN] {
         (17, 2, u32::from(s)),
         (20, 3, u32::from(ms)),
     ] {
-        decimal(&mut text[at..at + width], u64::from(n));
+        let mut n = n;
+        for d in text[at..at + width].iter_mut().rev() {
+            *d = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
     }
     text
 }

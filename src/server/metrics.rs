@@ -5,27 +5,22 @@
 //! shutdown), and a connection lives at most [`CONNECTION_LIFETIME`], so the few slots
 //! always come back.
 //!
-//! Its connections are of the API's socket type on purpose: hyper's connection code is then
-//! built once, as it is without this listener, and stays inlined into the API's; a second
-//! socket type cost every API request about 400 instructions (docs/performance.md).
+//! Its connections are of the API's socket and service types on purpose: hyper's connection
+//! code is then built once, as it is without this listener, and stays inlined into the
+//! API's; a second type cost every API request hundreds of instructions (docs/performance.md).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::Request;
-use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use super::activity::{Activity, HeadSignal};
 use super::conn::Guarded;
-use super::{ACCEPT_BACKOFF, per_connection};
+use super::{ACCEPT_BACKOFF, Listener, per_connection};
 use crate::app::App;
-use crate::http;
 
 /// Connections served at once: a Prometheus server or two, with room for a person's curl.
 const MAX_CONNECTIONS: usize = 4;
@@ -49,8 +44,8 @@ pub async fn serve_metrics(listener: TcpListener, app: Arc<App>) {
             .acquire_owned()
             .await
             .expect("the metrics slots are never closed");
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 if !per_connection(&e) {
                     log::warn!(error:% = e; "metrics accept failed; pausing");
@@ -61,14 +56,7 @@ pub async fn serve_metrics(listener: TcpListener, app: Arc<App>) {
         };
         let activity = Arc::new(Activity::new());
         let io = Guarded::new(stream, Arc::clone(&activity), &app, Arc::clone(&heads));
-        let app = Arc::clone(&app);
-        // The guards time heads and idle time by the requests the socket is told about.
-        let service = service_fn(move |req: Request<Incoming>| {
-            activity.begin();
-            let resp = http::metrics(&app, &req);
-            activity.finish(std::time::Instant::now());
-            async move { Ok::<_, Infallible>(resp) }
-        });
+        let service = super::service(Arc::clone(&app), activity, peer, Listener::Metrics);
         let conn = http.serve_connection(TokioIo::new(io), service);
         tokio::spawn(async move {
             let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;

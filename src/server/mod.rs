@@ -11,16 +11,19 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::Request;
+use std::net::SocketAddr;
+use std::time::Instant;
+
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
+use hyper::service::{Service, service_fn};
+use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::app::App;
-use crate::http::{self, Answer};
+use crate::http::{self, Answer, Body};
 use crate::shutdown::Shutdown;
 
 mod activity;
@@ -95,27 +98,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
         // Small JSON answers: don't let Nagle hold them back.
         let _ = stream.set_nodelay(true);
         let io = Guarded::new(stream, Arc::clone(&activity), &app, admission.heads());
-        let conn_app = Arc::clone(&app);
-        let service = service_fn(move |req: Request<Incoming>| {
-            activity.begin();
-            let answer = match http::handle(&conn_app, req, peer) {
-                Answer::Now(resp, end) => {
-                    activity.finish(end);
-                    Ok(resp)
-                }
-                Answer::Later(answer) => Err((answer, Arc::clone(&activity))),
-            };
-            async move {
-                match answer {
-                    Ok(resp) => Ok::<_, Infallible>(resp),
-                    Err((answer, activity)) => {
-                        let (resp, end) = answer.await;
-                        activity.finish(end);
-                        Ok(resp)
-                    }
-                }
-            }
-        });
+        let service = service(Arc::clone(&app), activity, peer, Listener::Api);
         let conn = http.serve_connection(TokioIo::new(io), service);
         let app = Arc::clone(&app);
         let open = open_tx.clone();
@@ -154,6 +137,51 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
             Err(io::Error::other(format!("grace period of {grace:?} expired with {open} connections open")))
         }
     }
+}
+
+/// Which listener a connection came in on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    Api,
+    Metrics,
+}
+
+/// What hyper calls for each request of one connection: the router, or on the metrics
+/// listener the exposition, telling the connection's `activity` when each request begins and
+/// ends. One function for both listeners on purpose: hyper's connection code is built once
+/// per service type, and a second type stopped it being inlined into the API's connections
+/// (docs/performance.md).
+fn service(
+    app: Arc<App>,
+    activity: Arc<Activity>,
+    peer: SocketAddr,
+    listener: Listener,
+) -> impl Service<Request<Incoming>, Response = Response<Body>, Error = Infallible, Future: Send> {
+    service_fn(move |req: Request<Incoming>| {
+        activity.begin();
+        let answer = match listener {
+            Listener::Metrics => Answer::Now(http::metrics(&app, &req), Instant::now()),
+            Listener::Api => http::handle(&app, req, peer),
+        };
+        // Answered now: the future holds only the answer (see `http::handle`).
+        let answer = match answer {
+            Answer::Now(resp, end) => {
+                activity.finish(end);
+                Ok(resp)
+            }
+            Answer::Later(answer) => Err((answer, Arc::clone(&activity))),
+        };
+        async move {
+            match answer {
+                Ok(resp) => Ok::<_, Infallible>(resp),
+                Err((answer, activity)) => {
+                    let (resp, end) = answer.await;
+                    activity.finish(end);
+                    Ok(resp)
+                }
+            }
+        }
+    })
 }
 
 /// The draining phase: resolves when the listener should close, `DRAIN_DELAY` after the
