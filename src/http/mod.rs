@@ -22,6 +22,9 @@ mod framing;
 mod health;
 mod info;
 mod metrics;
+mod unparsed;
+
+pub(crate) use unparsed::answer as unparsed_answer;
 
 use body::Body;
 use envelope::Envelope;

@@ -15,8 +15,14 @@
 //! When the connection waits for its client (idle between requests, or part-way through a
 //! head) it says so in [`Activity`], with its task's waker, so that the admission
 //! (`super::admission`) can close it to make room at the cap; see there for why and when.
+//!
+//! hyper answers a head it cannot parse itself, with a bare status; [`Guarded`] sends the
+//! service's answer in its place (`crate::http::unparsed_answer`). It tells that answer from
+//! the service's by counting: a message written while no request is in progress, when every
+//! finished request's answer has been written and flushed, is not the service's.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
@@ -133,11 +139,20 @@ pub(super) struct Guarded {
     evicted: bool,
     /// The waker last handed to `activity`, to skip its lock when the task's waker is the same.
     waker: Option<Waker>,
+    /// Requests whose answers have begun to be written.
+    answered: u32,
+    /// Whether all that was written has been flushed: the next write begins a message.
+    flushed: bool,
+    /// The service's answer in place of hyper's to a head it could not parse, and how much of
+    /// it has been written.
+    replacement: Option<(Vec<u8>, usize)>,
+    peer: SocketAddr,
 }
 
 impl Guarded {
     pub(super) fn new(
         io: TcpStream,
+        peer: SocketAddr,
         activity: Arc<Activity>,
         app: &Arc<App>,
         heads: Arc<HeadSignal>,
@@ -169,6 +184,10 @@ impl Guarded {
             published: 0,
             evicted: false,
             waker: None,
+            answered: 0,
+            flushed: true,
+            replacement: None,
+            peer,
         }
     }
 
@@ -348,14 +367,76 @@ impl AsyncRead for Guarded {
     }
 }
 
+impl Guarded {
+    /// Called before every write of `bufs`: if they are hyper's own answer to a head it could
+    /// not parse, puts the service's answer in their place and gives their length, taken.
+    fn replace_unparsed(&mut self, bufs: &[io::IoSlice<'_>]) -> Option<usize> {
+        let (started, busy) = self.activity.progress();
+        let finished = started - u32::from(busy);
+        let begins = std::mem::replace(&mut self.flushed, false);
+        if finished != self.answered {
+            self.answered = finished; // the answer to a request the service finished
+            return None;
+        }
+        if busy || !begins {
+            return None; // an interim 100 Continue, or the rest of a message
+        }
+        let head = bufs.iter().find(|b| !b.is_empty())?;
+        let answer = crate::http::unparsed_answer(&self.app, head, self.peer);
+        self.replacement = Some((answer, 0));
+        Some(bufs.iter().map(|b| b.len()).sum())
+    }
+
+    /// Writes what is left of the replacement answer, if any.
+    fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some((bytes, done)) = &mut self.replacement {
+            if *done == bytes.len() {
+                self.replacement = None;
+                break;
+            }
+            let r = Pin::new(&mut self.io).poll_write(cx, &bytes[*done..]);
+            match self.guard_write(cx, r) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    if let Some((_, done)) = &mut self.replacement {
+                        *done += n;
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// A write of `bufs`, through the replacement of hyper's bare answers.
+    fn write_vectored(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.replacement.is_some() {
+            ready!(self.poll_replacement(cx))?;
+        }
+        if let Some(taken) = self.replace_unparsed(bufs) {
+            // Sent as far as the socket takes it now; the rest at the flush that follows.
+            if let Poll::Ready(Err(e)) = self.poll_replacement(cx) {
+                return Poll::Ready(Err(e));
+            }
+            return Poll::Ready(Ok(taken));
+        }
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.guard_write(cx, r)
+    }
+}
+
 impl AsyncWrite for Guarded {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.guard_write(cx, r)
+        self.write_vectored(cx, &[io::IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
@@ -363,8 +444,7 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.guard_write(cx, r)
+        self.write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -372,9 +452,13 @@ impl AsyncWrite for Guarded {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.replacement.is_some() {
+            ready!(self.poll_replacement(cx))?;
+        }
         let r = Pin::new(&mut self.io).poll_flush(cx);
         let r = self.guard_write(cx, r);
         if let Poll::Ready(Ok(())) = r {
+            self.flushed = true;
             // hyper flushes after an answer, and need not read again before the next request
             // arrives: the connection may start waiting for its client here.
             let (started, busy) = self.activity.progress();
@@ -386,6 +470,9 @@ impl AsyncWrite for Guarded {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.replacement.is_some() {
+            ready!(self.poll_replacement(cx))?;
+        }
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

@@ -295,15 +295,23 @@ async fn run_cases(cases: Vec<Case>) -> (Vec<String>, support::TestServer, Tally
             if r.status < 200 {
                 continue;
             }
-            // The service stamps every answer with a request id; hyper's own answers to heads
-            // it cannot parse carry none, and no body.
+            // Every answer carries the service's headers, hyper's answers to heads it cannot
+            // parse included (the service sends its own in their place).
             let Some(id) = r.header("x-request-id") else {
-                tally.bare += 1;
-                if !r.body.is_empty() {
-                    failures.push(format!("{label}: an answer with a body but no request id"));
-                }
+                failures.push(format!(
+                    "{label}: a {} answer without a request id",
+                    r.status
+                ));
                 continue;
             };
+            if r.header("cache-control") != Some("no-store")
+                || r.header("x-content-type-options") != Some("nosniff")
+            {
+                failures.push(format!(
+                    "{label}: a {} answer without no-store and nosniff",
+                    r.status
+                ));
+            }
             tally.service += 1;
             if !safe_request_id(id) {
                 failures.push(format!(
@@ -324,6 +332,15 @@ async fn run_cases(cases: Vec<Case>) -> (Vec<String>, support::TestServer, Tally
                     r.status
                 ));
             }
+            let reason = body["error"].as_str().unwrap_or_default();
+            if reason.starts_with("malformed request head")
+                || reason.ends_with("or with more than 100 header fields")
+            {
+                tally.unparsed += 1;
+                if r.header("connection") != Some("close") {
+                    failures.push(format!("{label}: the parser's {} does not close", r.status));
+                }
+            }
             if r.status == 201 {
                 tally
                     .acked
@@ -339,8 +356,9 @@ async fn run_cases(cases: Vec<Case>) -> (Vec<String>, support::TestServer, Tally
 struct Tally {
     /// Answers from the service (they carry a request id): each has one access record.
     service: usize,
-    /// hyper's bodiless answers to unparseable heads (no access record).
-    bare: usize,
+    /// Of those, answers to heads the HTTP parser refused: their access records have `-` for
+    /// method and path.
+    unparsed: usize,
     /// Event ids acknowledged with 201.
     acked: Vec<String>,
 }
@@ -350,6 +368,7 @@ struct Tally {
 fn check_log(records: &[Value], tally: &Tally) -> Vec<String> {
     let mut failures = Vec::new();
     let mut access = 0;
+    let mut unparsed = 0;
     let mut events = Vec::new();
     for r in records {
         let Some(obj) = r.as_object() else {
@@ -363,6 +382,9 @@ fn check_log(records: &[Value], tally: &Tally) -> Vec<String> {
         let allowed: &[&str] = match obj["msg"].as_str() {
             Some("access") => {
                 access += 1;
+                if obj["method"] == "-" && obj["path"] == "-" {
+                    unparsed += 1;
+                }
                 if obj["client"]
                     .as_str()
                     .is_none_or(|c| c.parse::<IpAddr>().is_err())
@@ -415,6 +437,12 @@ fn check_log(records: &[Value], tally: &Tally) -> Vec<String> {
         if let Some(k) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
             failures.push(format!("a record with a stray field {k:?}: {r}"));
         }
+    }
+    if unparsed != tally.unparsed {
+        failures.push(format!(
+            "{} answers to unparsed heads but {unparsed} access records of them",
+            tally.unparsed
+        ));
     }
     if access != tally.service {
         failures.push(format!(
@@ -488,13 +516,25 @@ async fn hostile_requests_get_their_expected_answers() {
         Some(200),
         "/health after the batch"
     );
-    tally.service += 1;
+    let info = kit::get(server.addr, "/").await.json();
+    if info["requests_unparsed"] != tally.unparsed {
+        failures.push(format!(
+            "GET / counts {} unparsed heads, the answers {}",
+            info["requests_unparsed"], tally.unparsed
+        ));
+    }
+    assert!(
+        tally.unparsed >= 40,
+        "only {} unparsed heads",
+        tally.unparsed
+    );
+    tally.service += 2;
     let records = server.records().await;
     failures.extend(check_log(&records, &tally));
     eprintln!(
-        "hostile: {total} cases, {} service answers, {} bare hyper answers, {} events, {} log records",
+        "hostile: {total} cases, {} service answers, {} of them to heads the parser refused, {} events, {} log records",
         tally.service,
-        tally.bare,
+        tally.unparsed,
         tally.acked.len(),
         records.len()
     );
