@@ -26,7 +26,7 @@ mod unparsed;
 
 pub(crate) use unparsed::answer as unparsed_answer;
 
-use body::Body;
+pub(crate) use body::Body;
 use envelope::Envelope;
 use error::ApiError;
 pub(crate) use metrics::metrics;

@@ -6,8 +6,9 @@
 //! its client, what it waits for ([`Wait`]) together with the count of requests begun, in one
 //! word: a connection that served a request in between never matches a stale reading, so an
 //! eviction can only close a connection still waiting as the admission saw it.
-//! [`HeadSignal`] wakes an admission that found nothing to evict when a connection starts
-//! waiting for the rest of a head.
+//! [`Signals`] wakes the admission when a connection starts waiting for its client (one it may
+//! evict, if it found none) and when an evicted connection has a request to serve before it
+//! closes (so another must make room).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -31,6 +32,9 @@ pub(super) struct Activity {
     head_began_ms: AtomicU64,
     /// The connection task's waker, so that an eviction can wake it.
     waker: Mutex<Option<Waker>>,
+    /// Evicted, but its client's next request had come: it serves that request, answering
+    /// with `Connection: close`, and then closes.
+    reprieved: AtomicBool,
 }
 
 /// What a connection is waiting for, as the admission sees it.
@@ -84,6 +88,7 @@ impl Activity {
             state: AtomicU64::new(Wait::Busy as u64),
             head_began_ms: AtomicU64::new(0),
             waker: Mutex::new(None),
+            reprieved: AtomicBool::new(false),
         }
     }
 
@@ -98,12 +103,24 @@ impl Activity {
     }
 
     /// Counts a request as finished, its answer ready at `end` (the instant its access record
-    /// read); the connection's idle time starts there.
-    pub(super) fn finish(&self, end: std::time::Instant) {
+    /// read); the connection's idle time starts there. Whether the answer must close the
+    /// connection (it was evicted, and serves this request first).
+    pub(super) fn finish(&self, end: std::time::Instant) -> bool {
         let end = Instant::from_std(end);
         let ms = end.saturating_duration_since(self.opened).as_millis() as u64;
         self.last_end_ms.store(ms, Ordering::Release);
         self.finished.fetch_add(1, Ordering::AcqRel);
+        self.reprieved.load(Ordering::Relaxed)
+    }
+
+    /// The connection's side: evicted, it serves the request that came meanwhile first.
+    pub(super) fn reprieve(&self) {
+        self.reprieved.store(true, Ordering::Release);
+    }
+
+    /// The admission's side: whether the connection, evicted, serves a request first.
+    pub(super) fn reprieved(&self) -> bool {
+        self.reprieved.load(Ordering::Acquire)
     }
 
     /// The requests begun so far, and whether one of them is still in progress.
@@ -186,20 +203,27 @@ impl Activity {
     }
 }
 
-/// Wakes the admission, while it waits for a connection it may evict, when one starts waiting
-/// for the rest of a head.
+/// What connections tell the admission: while it waits for a connection it may evict, that
+/// one starts waiting for its client; and that an evicted connection serves a request before
+/// it closes, so its slot is not about to be free.
 #[derive(Default)]
-pub(super) struct HeadSignal {
+pub(super) struct Signals {
     wanted: AtomicBool,
-    notify: Notify,
+    parks: Notify,
+    reprieves: Notify,
 }
 
-impl HeadSignal {
-    /// The connection's side: it waits for a head now.
-    pub(super) fn head_waiting(&self) {
+impl Signals {
+    /// The connection's side: it waits for its client now.
+    pub(super) fn parked(&self) {
         if self.wanted.load(Ordering::Relaxed) {
-            self.notify.notify_one();
+            self.parks.notify_one();
         }
+    }
+
+    /// The connection's side: evicted, it has a request to serve first.
+    pub(super) fn reprieved(&self) {
+        self.reprieves.notify_one();
     }
 
     /// The admission's side: whether it waits for a connection it may evict.
@@ -207,8 +231,14 @@ impl HeadSignal {
         self.wanted.store(wanted, Ordering::Relaxed);
     }
 
-    /// The admission's side: resolves at the next [`HeadSignal::head_waiting`] while wanted.
-    pub(super) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
-        self.notify.notified()
+    /// The admission's side: resolves at the next [`Signals::parked`] while wanted.
+    pub(super) fn next_park(&self) -> tokio::sync::futures::Notified<'_> {
+        self.parks.notified()
+    }
+
+    /// The admission's side: resolves at the next [`Signals::reprieved`] (or at once, if one
+    /// came since the last).
+    pub(super) fn next_reprieve(&self) -> tokio::sync::futures::Notified<'_> {
+        self.reprieves.notified()
     }
 }

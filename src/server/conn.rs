@@ -34,7 +34,7 @@ use tokio::net::TcpStream;
 use tokio::sync::futures::OwnedNotified;
 use tokio::time::{Instant, Sleep};
 
-use super::activity::{Activity, HeadSignal, Wait, wait_state};
+use super::activity::{Activity, Signals, Wait, wait_state};
 use crate::app::App;
 use crate::shutdown::Phases;
 
@@ -129,14 +129,17 @@ pub(super) struct Guarded {
     /// only takes the lock of the `Notify` every connection shares, to find what
     /// `Phases::closing`, read on every read, already says.
     closing_waker: Option<Waker>,
-    heads: Arc<HeadSignal>,
+    signals: Arc<Signals>,
     /// Whether `activity` says the connection waits for its client (it may be evicted), and
     /// the state it was told.
     parked: bool,
     published: u64,
     /// Set once evicted: from then on, a read while no request is in progress sees end of
-    /// stream, as when closing.
+    /// stream, as when closing, unless the client's next request had come (see `reprieve`).
     evicted: bool,
+    /// Evicted with a request to serve first: the connection closes once this many requests
+    /// have been answered.
+    reprieve: Option<u32>,
     /// The waker last handed to `activity`, to skip its lock when the task's waker is the same.
     waker: Option<Waker>,
     /// Requests whose answers have begun to be written.
@@ -155,7 +158,7 @@ impl Guarded {
         peer: SocketAddr,
         activity: Arc<Activity>,
         app: &Arc<App>,
-        heads: Arc<HeadSignal>,
+        signals: Arc<Signals>,
     ) -> Guarded {
         let opened = activity.opened();
         let cfg = &app.cfg;
@@ -179,10 +182,11 @@ impl Guarded {
             app: Arc::clone(app),
             closing_notified: Box::pin(app.phases.closing_notify().notified_owned()),
             closing_waker: None,
-            heads,
+            signals,
             parked: false,
             published: 0,
             evicted: false,
+            reprieve: None,
             waker: None,
             answered: 0,
             flushed: true,
@@ -222,9 +226,33 @@ impl Guarded {
         self.activity.publish(state, head);
         self.parked = true;
         self.published = state;
-        if kind == Wait::Head {
-            self.heads.head_waiting();
+        self.signals.parked();
+    }
+
+    /// Bytes of a head after `started` requests have been read.
+    fn head_bytes(&mut self, started: u32) {
+        if self.head.as_ref().is_some_and(|h| h.after != started) {
+            self.head = None; // the timed head arrived
         }
+        match &mut self.head {
+            None => {
+                self.head = Some(HeadClock {
+                    after: started,
+                    began: None,
+                    registered: false,
+                    received: true,
+                })
+            }
+            Some(h) => h.received = true,
+        }
+    }
+
+    /// Evicted, the connection serves its requests up to the `until`th first, the last
+    /// answered with `Connection: close`, and tells the admission, which evicts another.
+    fn reprieve_until(&mut self, until: u32) {
+        self.reprieve = Some(until);
+        self.activity.reprieve();
+        self.signals.reprieved();
     }
 
     /// Takes the connection back from the admission before reading; notes if it was evicted.
@@ -312,8 +340,27 @@ impl AsyncRead for Guarded {
             return Poll::Ready(Ok(())); // end of stream: no request in progress, closing
         }
         this.unpark();
-        if !busy && this.evicted {
-            return Poll::Ready(Ok(())); // end of stream: closed to make room for another
+        if this.evicted {
+            // Closed to make room for another: at once, unless a request has begun or come.
+            match this.reprieve {
+                None if busy => this.reprieve_until(started),
+                None => {
+                    let before = buf.filled().len();
+                    return match Pin::new(&mut this.io).poll_read(cx, buf) {
+                        Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                            this.reprieve_until(started + 1);
+                            this.head_bytes(started);
+                            Poll::Ready(Ok(()))
+                        }
+                        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                        // End of stream: nothing came, and a request sent from now on finds
+                        // the connection closed before the service read any of it.
+                        _ => Poll::Ready(Ok(())),
+                    };
+                }
+                Some(until) if !busy && started >= until => return Poll::Ready(Ok(())),
+                Some(_) => {}
+            }
         }
         if this.head.as_ref().is_some_and(|h| h.after != started) {
             this.head = None; // the timed head arrived
@@ -351,17 +398,7 @@ impl AsyncRead for Guarded {
         }
         ready!(read)?;
         if !busy && buf.filled().len() > before {
-            match &mut this.head {
-                None => {
-                    this.head = Some(HeadClock {
-                        after: started,
-                        began: None,
-                        registered: false,
-                        received: true,
-                    })
-                }
-                Some(h) => h.received = true,
-            }
+            this.head_bytes(started);
         }
         Poll::Ready(Ok(()))
     }
