@@ -4,11 +4,12 @@
 //! of the service carries. The connection (`server::conn`) hands what hyper wrote to
 //! [`answer`], which gives the bytes to send instead: hyper's status line and `Date`, the
 //! service's headers, a new request id, `Connection: close` (hyper closes after it) and a
-//! JSON reason; the request is counted and gets an access record like any other.
+//! JSON reason; the request is counted (in `GET /` and the metrics) and gets an access record
+//! like any other.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hyper::Method;
 use log::Level;
@@ -64,8 +65,11 @@ pub(crate) fn answer(app: &App, hyper_head: &[u8], peer: SocketAddr) -> Vec<u8> 
 
     app.requests.fetch_add(1, Ordering::Relaxed);
     app.unparsed.fetch_add(1, Ordering::Relaxed);
+    let method = Method::from_bytes(UNKNOWN.as_bytes()).expect("a token");
+    if let Some(m) = &app.metrics {
+        m.request(&method, UNKNOWN, status, Duration::ZERO);
+    }
     if app.sink.enabled(Level::Info) {
-        let method = Method::from_bytes(UNKNOWN.as_bytes()).expect("a token");
         app.sink.access(
             Level::Info,
             &Access {

@@ -22,8 +22,8 @@ pub(crate) use expose::{CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, render};
 const ROUTES: [&str; 4] = ["/", "/health", "/events", "other"];
 /// The methods as labels.
 const METHODS: [&str; 4] = ["GET", "HEAD", "POST", "other"];
-/// The statuses the service answers with (hyper's own answers to unparsable requests never
-/// reach it); any other is counted as `other`.
+/// The statuses the service answers with (those to heads the HTTP parser refused included,
+/// as route and method `other`); any other is counted as `other`.
 const STATUSES: [u16; 14] = [
     200, 201, 400, 404, 405, 408, 413, 415, 422, 431, 500, 501, 503, 0,
 ];
