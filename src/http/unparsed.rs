@@ -4,26 +4,16 @@
 //! of the service carries. The connection (`server::conn`) hands what hyper wrote to
 //! [`answer`], which gives the bytes to send instead: hyper's status line and `Date`, the
 //! service's headers, a new request id, `Connection: close` (hyper closes after it) and a
-//! JSON reason; the request is counted (in `GET /` and the metrics) and gets an access record
-//! like any other.
+//! JSON reason; the request is counted (in `GET /` and the metrics) and logged at debug.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
-
-use hyper::Method;
-use log::Level;
+use std::time::Instant;
 
 use crate::app::App;
-use crate::ids::RequestId;
-use crate::logging::Access;
-
-/// Stands for the method and path of a request that has none the parser could read (as in
-/// nginx's and Apache's access logs).
-const UNKNOWN: &str = "-";
 
 /// The answer to send in place of `hyper_head`, hyper's own bodiless answer to a head from
-/// `peer` it could not parse; writes its access record.
+/// `peer` it could not parse; counts and logs it.
 pub(crate) fn answer(app: &App, hyper_head: &[u8], peer: SocketAddr) -> Vec<u8> {
     let now = Instant::now();
     let line_end = find(hyper_head, b"\r\n").unwrap_or(hyper_head.len());
@@ -63,28 +53,19 @@ pub(crate) fn answer(app: &App, hyper_head: &[u8], peer: SocketAddr) -> Vec<u8> 
     out.extend_from_slice(b"\r\n\r\n");
     out.extend_from_slice(&body);
 
-    app.requests.fetch_add(1, Ordering::Relaxed);
     app.unparsed.fetch_add(1, Ordering::Relaxed);
-    let method = Method::from_bytes(UNKNOWN.as_bytes()).expect("a token");
     if let Some(m) = &app.metrics {
-        m.request(&method, UNKNOWN, status, Duration::ZERO);
+        m.unparsed(status);
     }
-    if app.sink.enabled(Level::Info) {
-        app.sink.access(
-            Level::Info,
-            &Access {
-                method: &method,
-                path: UNKNOWN,
-                status,
-                bytes: body.len() as u64,
-                at: now,
-                duration_us: 0,
-                request_id: RequestId::from(&id),
-                client: peer.ip().to_canonical(),
-                user_agent: b"",
-            },
-        );
-    }
+    // One line per such request (hyper closes the connection after it), at debug: an
+    // access record would give the request path's record code a second caller, which the
+    // optimiser then stops inlining there.
+    log::debug!(
+        status = status,
+        request_id:% = String::from_utf8_lossy(id.as_bytes()),
+        client:% = peer.ip().to_canonical();
+        "unparsed request"
+    );
     out
 }
 

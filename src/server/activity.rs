@@ -32,8 +32,8 @@ pub(super) struct Activity {
     head_began_ms: AtomicU64,
     /// The connection task's waker, so that an eviction can wake it.
     waker: Mutex<Option<Waker>>,
-    /// Evicted, but its client's next request had come: it serves that request, answering
-    /// with `Connection: close`, and then closes.
+    /// Evicted, but its client's next request had come: it serves that request, and closes
+    /// after answering it.
     reprieved: AtomicBool,
 }
 
@@ -103,14 +103,12 @@ impl Activity {
     }
 
     /// Counts a request as finished, its answer ready at `end` (the instant its access record
-    /// read); the connection's idle time starts there. Whether the answer must close the
-    /// connection (it was evicted, and serves this request first).
-    pub(super) fn finish(&self, end: std::time::Instant) -> bool {
+    /// read); the connection's idle time starts there.
+    pub(super) fn finish(&self, end: std::time::Instant) {
         let end = Instant::from_std(end);
         let ms = end.saturating_duration_since(self.opened).as_millis() as u64;
         self.last_end_ms.store(ms, Ordering::Release);
         self.finished.fetch_add(1, Ordering::AcqRel);
-        self.reprieved.load(Ordering::Relaxed)
     }
 
     /// The connection's side: evicted, it serves the request that came meanwhile first.
@@ -121,6 +119,11 @@ impl Activity {
     /// The admission's side: whether the connection, evicted, serves a request first.
     pub(super) fn reprieved(&self) -> bool {
         self.reprieved.load(Ordering::Acquire)
+    }
+
+    /// The requests finished so far.
+    pub(super) fn finished(&self) -> u32 {
+        self.finished.load(Ordering::Acquire)
     }
 
     /// The requests begun so far, and whether one of them is still in progress.

@@ -142,8 +142,11 @@ pub(super) struct Guarded {
     reprieve: Option<u32>,
     /// The waker last handed to `activity`, to skip its lock when the task's waker is the same.
     waker: Option<Waker>,
-    /// Requests whose answers have begun to be written.
+    /// Requests finished at the last flush.
     answered: u32,
+    /// Set with `reprieve` or `replacement`: every message goes through
+    /// [`Guarded::write_unusual`], which looks at them.
+    special: bool,
     /// Whether all that was written has been flushed: the next write begins a message.
     flushed: bool,
     /// The service's answer in place of hyper's to a head it could not parse, and how much of
@@ -187,6 +190,7 @@ impl Guarded {
             published: 0,
             evicted: false,
             reprieve: None,
+            special: false,
             waker: None,
             answered: 0,
             flushed: true,
@@ -251,6 +255,7 @@ impl Guarded {
     /// answered with `Connection: close`, and tells the admission, which evicts another.
     fn reprieve_until(&mut self, until: u32) {
         self.reprieve = Some(until);
+        self.special = true;
         self.activity.reprieve();
         self.signals.reprieved();
     }
@@ -405,23 +410,51 @@ impl AsyncRead for Guarded {
 }
 
 impl Guarded {
-    /// Called before every write of `bufs`: if they are hyper's own answer to a head it could
-    /// not parse, puts the service's answer in their place and gives their length, taken.
-    fn replace_unparsed(&mut self, bufs: &[io::IoSlice<'_>]) -> Option<usize> {
+    /// Called when a message begins after everything written so far was flushed: whether
+    /// it may be unusual (see [`Guarded::write_unusual`]). An answer of the service's begins
+    /// after its request finished, so after more requests finished than had at the flush.
+    #[inline]
+    fn may_be_unusual(&self) -> bool {
+        self.special || self.activity.finished() == self.answered
+    }
+
+    /// A message that may not be an ordinary answer going out, from `bufs`: hyper's own answer
+    /// to a head it could not parse (no request finished since the last flush, and none is in
+    /// progress, which would make it an interim 100 Continue) is replaced by the service's;
+    /// the answer after which a reprieved connection closes gets `Connection: close`. Either
+    /// goes out from `replacement`, and `bufs` are reported written.
+    #[cold]
+    #[inline(never)]
+    fn write_unusual(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.replacement.is_some() {
+            ready!(self.poll_replacement(cx))?;
+        }
         let (started, busy) = self.activity.progress();
         let finished = started - u32::from(busy);
-        let begins = std::mem::replace(&mut self.flushed, false);
-        if finished != self.answered {
-            self.answered = finished; // the answer to a request the service finished
-            return None;
+        let head = bufs.iter().find(|b| !b.is_empty());
+        let answer = match head {
+            Some(_) if finished != self.answered => self
+                .reprieve
+                .filter(|&until| finished >= until)
+                .map(|_| closing(bufs)),
+            Some(head) if !busy => Some(crate::http::unparsed_answer(&self.app, head, self.peer)),
+            _ => None,
+        };
+        if let Some(answer) = answer {
+            self.replacement = Some((answer, 0));
+            self.special = true;
+            // Sent as far as the socket takes it now; the rest at the flush that follows.
+            if let Poll::Ready(Err(e)) = self.poll_replacement(cx) {
+                return Poll::Ready(Err(e));
+            }
+            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
         }
-        if busy || !begins {
-            return None; // an interim 100 Continue, or the rest of a message
-        }
-        let head = bufs.iter().find(|b| !b.is_empty())?;
-        let answer = crate::http::unparsed_answer(&self.app, head, self.peer);
-        self.replacement = Some((answer, 0));
-        Some(bufs.iter().map(|b| b.len()).sum())
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.guard_write(cx, r)
     }
 
     /// Writes what is left of the replacement answer, if any.
@@ -445,26 +478,28 @@ impl Guarded {
         }
         Poll::Ready(Ok(()))
     }
+}
 
-    /// A write of `bufs`, through the replacement of hyper's bare answers.
-    fn write_vectored(
-        &mut self,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        if self.replacement.is_some() {
-            ready!(self.poll_replacement(cx))?;
-        }
-        if let Some(taken) = self.replace_unparsed(bufs) {
-            // Sent as far as the socket takes it now; the rest at the flush that follows.
-            if let Poll::Ready(Err(e)) = self.poll_replacement(cx) {
-                return Poll::Ready(Err(e));
+/// The answer in `bufs` (hyper's head, then the body) with its head saying
+/// `Connection: close`: added, or in place of hyper's `keep-alive` (for an HTTP/1.0 client).
+fn closing(bufs: &[io::IoSlice<'_>]) -> Vec<u8> {
+    let mut out: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+    let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return out;
+    };
+    let head = &out[..end + 2];
+    match head.windows(14).position(|w| w == b"\r\nconnection: ") {
+        Some(at) => {
+            let value = at + 14;
+            if out[value..].starts_with(b"keep-alive") {
+                out.splice(value..value + 10, *b"close");
             }
-            return Poll::Ready(Ok(taken));
         }
-        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.guard_write(cx, r)
+        None => {
+            out.splice(end + 2..end + 2, *b"connection: close\r\n");
+        }
     }
+    out
 }
 
 impl AsyncWrite for Guarded {
@@ -473,7 +508,11 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.write_vectored(cx, &[io::IoSlice::new(buf)])
+        if std::mem::replace(&mut self.flushed, false) && self.may_be_unusual() {
+            return self.write_unusual(cx, &[io::IoSlice::new(buf)]);
+        }
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.guard_write(cx, r)
     }
 
     fn poll_write_vectored(
@@ -481,7 +520,11 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.write_vectored(cx, bufs)
+        if std::mem::replace(&mut self.flushed, false) && self.may_be_unusual() {
+            return self.write_unusual(cx, bufs);
+        }
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.guard_write(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -495,10 +538,12 @@ impl AsyncWrite for Guarded {
         let r = Pin::new(&mut self.io).poll_flush(cx);
         let r = self.guard_write(cx, r);
         if let Poll::Ready(Ok(())) = r {
+            // Everything written is out: the next write begins a message.
             self.flushed = true;
+            let (started, busy) = self.activity.progress();
+            self.answered = started - u32::from(busy);
             // hyper flushes after an answer, and need not read again before the next request
             // arrives: the connection may start waiting for its client here.
-            let (started, busy) = self.activity.progress();
             if !busy {
                 self.park(cx, started);
             }
@@ -511,5 +556,35 @@ impl AsyncWrite for Guarded {
             ready!(self.poll_replacement(cx))?;
         }
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reprieved connection's last answer says `Connection: close`: added to the head, or in
+    /// place of `keep-alive`; a head that says `close` already, or a body that mentions it,
+    /// is left alone.
+    #[test]
+    fn the_last_answer_says_close() {
+        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n";
+        let close = |head: &[u8], body: &[u8]| {
+            let out = closing(&[io::IoSlice::new(head), io::IoSlice::new(body)]);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            close(head, b"{}"),
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}"
+        );
+        let ka = b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\n";
+        assert_eq!(
+            close(ka, b"{}"),
+            "HTTP/1.0 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{}"
+        );
+        let closed = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\n";
+        assert_eq!(close(closed, b"{}"), String::from_utf8_lossy(closed) + "{}");
+        let body = b"\r\nconnection: keep-alive\r\n";
+        assert!(close(head, body).ends_with("\r\n\r\n\r\nconnection: keep-alive\r\n"));
     }
 }

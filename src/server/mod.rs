@@ -105,10 +105,8 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
         let service = service_fn(move |req: Request<Incoming>| {
             activity.begin();
             let answer = match http::handle(&conn_app, req, peer) {
-                Answer::Now(mut resp, end) => {
-                    if activity.finish(end) {
-                        close(&mut resp);
-                    }
+                Answer::Now(resp, end) => {
+                    activity.finish(end);
                     Ok(resp)
                 }
                 Answer::Later(answer) => Err((answer, Arc::clone(&activity))),
@@ -117,10 +115,8 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
                 match answer {
                     Ok(resp) => Ok::<_, Infallible>(resp),
                     Err((answer, activity)) => {
-                        let (mut resp, end) = answer.await;
-                        if activity.finish(end) {
-                            close(&mut resp);
-                        }
+                        let (resp, end) = answer.await;
+                        activity.finish(end);
                         Ok(resp)
                     }
                 }
@@ -183,15 +179,6 @@ async fn drain(app: &App, mut shutdown: Shutdown) {
         // `run` sees the same request and ends the shutdown with its reason.
         () = shutdown.forced() => {}
     }
-}
-
-/// Closes the connection after `resp`, saying so: the connection was evicted at the cap and
-/// served this request first.
-fn close(resp: &mut hyper::Response<http::Body>) {
-    resp.headers_mut().insert(
-        hyper::header::CONNECTION,
-        hyper::header::HeaderValue::from_static("close"),
-    );
 }
 
 /// Errors that concern only the connection being accepted; the next accept may succeed.
