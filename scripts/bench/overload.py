@@ -205,13 +205,8 @@ KEEP_ID = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-Id: honest\r\n\
 def closed_while_idle(s):
     """Whether the server has closed `s` while it sat idle (or sent something
     unasked), as HTTP clients check before reusing a pooled connection."""
-    try:
-        s.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK)
-    except BlockingIOError:
-        return False
-    except OSError:
-        pass
-    return True
+    readable, _, _ = select.select([s], [], [], 0)
+    return bool(readable)
 
 
 def honest_client(port, stop, timeout, out):
@@ -268,7 +263,9 @@ def honest_client(port, stop, timeout, out):
 
 
 def measure(variant, flood_name, cycle, args):
-    size = FLOODS[flood_name]
+    size = dict(FLOODS[flood_name])
+    size["idle"] = round(size["idle"] * args.flood_scale)
+    size["loris"] = round(size["loris"] * args.flood_scale)
     # Each server with its default threads: the api one per CPU, nginx one
     # worker process.
     extra = {}
@@ -434,6 +431,9 @@ def main():
                     "it)")
     ap.add_argument("--max-connections", type=int,
                     help="the api's MAX_CONNECTIONS (default: its own, 1024)")
+    ap.add_argument("--flood-scale", type=float, default=1.0,
+                    help="multiplies the floods' connection counts (1), to fit "
+                    "them to a smaller --max-connections")
     ap.add_argument("--honest", type=int, default=0,
                     help="keep-alive clients sending GET /health back to back "
                     "while the probes run (0)")
