@@ -16,10 +16,12 @@
 //! head) it says so in [`Activity`], with its task's waker, so that the admission
 //! (`super::admission`) can close it to make room at the cap; see there for why and when.
 //!
-//! hyper answers a head it cannot parse itself, with a bare status; [`Guarded`] sends the
-//! service's answer in its place (`crate::http::unparsed_answer`). It tells that answer from
-//! the service's by counting: a message written while no request is in progress, when every
-//! finished request's answer has been written and flushed, is not the service's.
+//! Two answers are changed on their way out. hyper answers a head it cannot parse itself,
+//! with a bare status; [`Guarded`] sends the service's answer in its place
+//! (`crate::http::unparsed_answer`), telling it from the service's by counting: a message
+//! written while no request is in progress, when every finished request's answer has been
+//! written and flushed, is not the service's. And an evicted connection that serves a
+//! request first says `Connection: close` on its answer, so its client does not send another.
 
 use std::io;
 use std::net::SocketAddr;
