@@ -142,10 +142,10 @@ async fn access_by_id(log: &Path, expected: &[(String, bool)]) -> HashMap<String
     let count = || {
         let mut by_id: HashMap<String, usize> = HashMap::new();
         for r in support::read_records(log) {
-            if r["msg"] == "access" {
-                if let Some(id) = r["request_id"].as_str() {
-                    *by_id.entry(id.to_string()).or_default() += 1;
-                }
+            if r["msg"] == "access"
+                && let Some(id) = r["request_id"].as_str()
+            {
+                *by_id.entry(id.to_string()).or_default() += 1;
             }
         }
         by_id
