@@ -11,7 +11,7 @@
 //! closes (so another must make room).
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::task::Waker;
 use std::time::Duration;
 
@@ -32,9 +32,6 @@ pub(super) struct Activity {
     head_began_ms: AtomicU64,
     /// The connection task's waker, so that an eviction can wake it.
     waker: Mutex<Option<Waker>>,
-    /// Evicted, but its client's next request had come: it serves that request, and closes
-    /// after answering it.
-    reprieved: AtomicBool,
 }
 
 /// What a connection is waiting for, as the admission sees it.
@@ -88,7 +85,6 @@ impl Activity {
             state: AtomicU64::new(Wait::Busy as u64),
             head_began_ms: AtomicU64::new(0),
             waker: Mutex::new(None),
-            reprieved: AtomicBool::new(false),
         }
     }
 
@@ -109,16 +105,6 @@ impl Activity {
         let ms = end.saturating_duration_since(self.opened).as_millis() as u64;
         self.last_end_ms.store(ms, Ordering::Release);
         self.finished.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// The connection's side: evicted, it serves the request that came meanwhile first.
-    pub(super) fn reprieve(&self) {
-        self.reprieved.store(true, Ordering::Release);
-    }
-
-    /// The admission's side: whether the connection, evicted, serves a request first.
-    pub(super) fn reprieved(&self) -> bool {
-        self.reprieved.load(Ordering::Acquire)
     }
 
     /// The requests finished so far.
@@ -208,40 +194,61 @@ impl Activity {
 
 /// What connections tell the admission: while it waits for a connection it may evict, that
 /// one starts waiting for its client; and that an evicted connection serves a request before
-/// it closes, so its slot is not about to be free.
+/// it closes, so its slot is not about to be free. One notification serves both (the
+/// admission never waits for both at once, and takes a wake-up meant for the other as a
+/// reason to look again), and one word holds whether it waits for a connection to evict
+/// (the low bit) and which connection was last reprieved (the rest: its [`Activity`]'s
+/// address, which is aligned): kept here, the state every connection carries stays as it is.
 #[derive(Default)]
 pub(super) struct Signals {
-    wanted: AtomicBool,
-    parks: Notify,
-    reprieves: Notify,
+    word: AtomicUsize,
+    notify: Notify,
 }
+
+const WANTED: usize = 1;
 
 impl Signals {
     /// The connection's side: it waits for its client now.
     pub(super) fn parked(&self) {
-        if self.wanted.load(Ordering::Relaxed) {
-            self.parks.notify_one();
+        if self.word.load(Ordering::Relaxed) & WANTED != 0 {
+            self.notify.notify_one();
         }
     }
 
-    /// The connection's side: evicted, it has a request to serve first.
-    pub(super) fn reprieved(&self) {
-        self.reprieves.notify_one();
+    /// The connection's side: evicted, `who` has a request to serve first.
+    pub(super) fn reprieved(&self, who: *const Activity) {
+        let who = who as usize;
+        // Keeps the wanted bit as it is.
+        let _ = self
+            .word
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                Some(w & WANTED | who)
+            });
+        self.notify.notify_one();
     }
 
     /// The admission's side: whether it waits for a connection it may evict.
     pub(super) fn want(&self, wanted: bool) {
-        self.wanted.store(wanted, Ordering::Relaxed);
+        if wanted {
+            self.word.fetch_or(WANTED, Ordering::Relaxed);
+        } else {
+            self.word.fetch_and(!WANTED, Ordering::Relaxed);
+        }
     }
 
-    /// The admission's side: resolves at the next [`Signals::parked`] while wanted.
-    pub(super) fn next_park(&self) -> tokio::sync::futures::Notified<'_> {
-        self.parks.notified()
+    /// The admission's side, before an eviction: no reprieve is pending.
+    pub(super) fn clear_reprieve(&self) {
+        self.word.fetch_and(WANTED, Ordering::AcqRel);
     }
 
-    /// The admission's side: resolves at the next [`Signals::reprieved`] (or at once, if one
-    /// came since the last).
-    pub(super) fn next_reprieve(&self) -> tokio::sync::futures::Notified<'_> {
-        self.reprieves.notified()
+    /// The admission's side: whether `who` was reprieved since [`Signals::clear_reprieve`].
+    pub(super) fn was_reprieved(&self, who: *const Activity) -> bool {
+        self.word.load(Ordering::Acquire) & !WANTED == who as usize
+    }
+
+    /// The admission's side: resolves at the next [`Signals::parked`] (while wanted) or
+    /// [`Signals::reprieved`], or at once if one came since the last.
+    pub(super) fn next(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
     }
 }

@@ -177,7 +177,8 @@ impl Admission {
                 }
             };
             // Listening from before the eviction, so that the victim's reprieve is heard.
-            let reprieve = self.signals.next_reprieve();
+            self.signals.clear_reprieve();
+            let reprieve = self.signals.next();
             tokio::pin!(reprieve);
             reprieve.as_mut().enable();
             if !v.conn.evict(v.state) {
@@ -197,10 +198,10 @@ impl Admission {
                         break 'take p.expect("the slot semaphore is never closed");
                     }
                     () = &mut reprieve => {
-                        if v.conn.reprieved() {
+                        if self.signals.was_reprieved(Arc::as_ptr(&v.conn)) {
                             continue 'take;
                         }
-                        reprieve.set(self.signals.next_reprieve());
+                        reprieve.set(self.signals.next());
                         reprieve.as_mut().enable();
                     }
                 }
@@ -259,7 +260,7 @@ impl Admission {
         let until = next.unwrap_or_else(|| Instant::now() + SILENT);
         tokio::select! {
             _ = self.permits.acquire() => {}
-            () = self.signals.next_park() => {}
+            () = self.signals.next() => {}
             () = tokio::time::sleep_until(until) => {}
         }
         self.signals.want(false);

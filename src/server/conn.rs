@@ -153,14 +153,12 @@ pub(super) struct Guarded {
     flushed: bool,
     /// The service's answer in place of hyper's to a head it could not parse, and how much of
     /// it has been written.
-    replacement: Option<(Vec<u8>, usize)>,
-    peer: SocketAddr,
+    replacement: Option<Box<(Vec<u8>, usize)>>,
 }
 
 impl Guarded {
     pub(super) fn new(
         io: TcpStream,
-        peer: SocketAddr,
         activity: Arc<Activity>,
         app: &Arc<App>,
         signals: Arc<Signals>,
@@ -197,7 +195,6 @@ impl Guarded {
             answered: 0,
             flushed: true,
             replacement: None,
-            peer,
         }
     }
 
@@ -258,8 +255,7 @@ impl Guarded {
     fn reprieve_until(&mut self, until: u32) {
         self.reprieve = Some(until);
         self.special = true;
-        self.activity.reprieve();
-        self.signals.reprieved();
+        self.signals.reprieved(Arc::as_ptr(&self.activity));
     }
 
     /// Takes the connection back from the admission before reading; notes if it was evicted.
@@ -443,11 +439,16 @@ impl Guarded {
                 .reprieve
                 .filter(|&until| finished >= until)
                 .map(|_| closing(bufs)),
-            Some(head) if !busy => Some(crate::http::unparsed_answer(&self.app, head, self.peer)),
+            Some(head) if !busy => {
+                // Asked of the socket here rather than kept: this is rare, and every field of
+                // the connection is paid for by every connection.
+                let peer = self.io.peer_addr().unwrap_or(SocketAddr::from(([0; 4], 0)));
+                Some(crate::http::unparsed_answer(&self.app, head, peer))
+            }
             _ => None,
         };
         if let Some(answer) = answer {
-            self.replacement = Some((answer, 0));
+            self.replacement = Some(Box::new((answer, 0)));
             self.special = true;
             // Sent as far as the socket takes it now; the rest at the flush that follows.
             if let Poll::Ready(Err(e)) = self.poll_replacement(cx) {
@@ -461,7 +462,8 @@ impl Guarded {
 
     /// Writes what is left of the replacement answer, if any.
     fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while let Some((bytes, done)) = &mut self.replacement {
+        while let Some(pending) = &mut self.replacement {
+            let (bytes, done) = &mut **pending;
             if *done == bytes.len() {
                 self.replacement = None;
                 break;
@@ -470,8 +472,8 @@ impl Guarded {
             match self.guard_write(cx, r) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(n)) => {
-                    if let Some((_, done)) = &mut self.replacement {
-                        *done += n;
+                    if let Some(pending) = &mut self.replacement {
+                        pending.1 += n;
                     }
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),

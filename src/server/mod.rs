@@ -94,13 +94,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
         };
         // Small JSON answers: don't let Nagle hold them back.
         let _ = stream.set_nodelay(true);
-        let io = Guarded::new(
-            stream,
-            peer,
-            Arc::clone(&activity),
-            &app,
-            admission.signals(),
-        );
+        let io = Guarded::new(stream, Arc::clone(&activity), &app, admission.signals());
         let conn_app = Arc::clone(&app);
         let service = service_fn(move |req: Request<Incoming>| {
             activity.begin();
