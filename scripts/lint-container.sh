@@ -34,6 +34,14 @@ if command -v docker-compose >/dev/null; then
   else
     fail "docker-compose config"
   fi
+  # Unless told otherwise, the published ports are on loopback only (docs/deploy.md).
+  published=$(env -u API_PUBLISH -u LB_PUBLISH docker-compose -f compose.yaml -f compose.nginx.yaml \
+    config 2>/dev/null | grep -E '^ *- [0-9.]*:?[0-9]+:[0-9]+/tcp$' | tr -d ' -' | sort | tr '\n' ' ')
+  if [ "$published" = "127.0.0.1:8000:8000/tcp 127.0.0.1:8080:8080/tcp " ]; then
+    pass "compose.yaml and compose.nginx.yaml publish on 127.0.0.1 by default"
+  else
+    fail "compose files publish on 127.0.0.1 by default: got '$published'"
+  fi
   if API_PUBLISH=127.0.0.1: docker-compose -f compose.yaml -f compose.nginx.yaml config -q; then
     pass "docker-compose accepts compose.yaml with compose.nginx.yaml"
   else

@@ -23,6 +23,8 @@ pub struct App {
     pub(crate) started: Instant,
     /// Requests answered, for `GET /`.
     pub(crate) requests: AtomicU64,
+    /// Of those, heads the HTTP parser refused (see `http::unparsed`).
+    pub(crate) unparsed: AtomicU64,
     /// Events acknowledged with a 201, for `GET /`.
     pub(crate) events: AtomicU64,
     /// How far a shutdown has gone: from its first request on, `/health` answers 503 and
@@ -106,6 +108,7 @@ impl App {
             started_at: OffsetDateTime::now_utc(),
             started: Instant::now(),
             requests: AtomicU64::new(0),
+            unparsed: AtomicU64::new(0),
             events: AtomicU64::new(0),
             phases: Phases::default(),
             cap: CapCounters::default(),

@@ -11,7 +11,8 @@
 //!   idle and slow connections), each connection's guarded socket, and the shutdown phases.
 //! - `http`: the one router (`match` over method and path) and a file per handler (`info`,
 //!   `health`, `events`), the envelope every request passes through (request id, head checks,
-//!   client address, access record), errors as JSON answers, and bodies.
+//!   client address, access record), the body's framing and coding fields, errors as JSON
+//!   answers, the answer to a head hyper could not parse, and bodies.
 //! - [`App`]: the state every connection shares (settings, log sink, ids, counters, the
 //!   shutdown phase).
 //! - [`shutdown`]: shutdown requests and the one state of its phases; `signals` turns

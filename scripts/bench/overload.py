@@ -6,21 +6,27 @@ asserts a timing; targets are printed next to the figures.
 
 One run, per server and flood:
 
-  1. start the server with its default settings (api: MAX_CONNECTIONS 1024;
-     nginx: worker_connections 1024 and its default timeouts);
+  1. start the server with its default settings (api: MAX_CONNECTIONS 1024,
+     or --max-connections; nginx: worker_connections 1024 and its default
+     timeouts);
   2. in a child process, open the flood and keep it up, as slowloris does:
      idle keep-alive connections (one GET /health answered, then silence)
      and slowloris connections (a request head that never ends), opened
      2,000 a second (--rate); every
      cycle (15 s, slowloris's default, or 1 s: --cycles) one more header
      line on each slow connection, and the connections the server closed
-     opened again;
-  3. once every connection of the flood has been attempted, start 20 probes
-     from this process, one every 250 ms, each a new connection sending
+     opened again (the "-now" floods reopen their idle connections as soon
+     as the server closes them, whatever the cycle);
+  3. once every connection of the flood has been attempted, start --honest
+     keep-alive clients in this process, each sending GET /health back to
+     back on its connection (checking before each reuse that the server has
+     not closed it, and sending a request again on a new connection when the
+     server closed the old one before any byte of the answer: that is a
+     retry), and 20 probes, one every 250 ms, each a new connection sending
      GET /health: the time from connect to the whole answer (or the probe
      timeout);
   4. read the server's RSS (VmRSS, and VmHWM for the peak) and open
-     descriptors, stop the flood, stop the server.
+     descriptors, stop the honest clients and the flood, stop the server.
 
 Traffic goes to 127.0.0.1 only; every phase is bounded in time.
 """
@@ -29,6 +35,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -47,6 +54,10 @@ from servers import PROBE, Server, ServerFailed, read_response  # noqa: E402
 FLOODS = {
     "mixed": {"idle": 500, "loris": 1500},
     "slowloris": {"idle": 0, "loris": 10000},
+    # Keep-alive clients that send one request and park.
+    "keepalive": {"idle": 2000, "loris": 0},
+    # The same, reconnecting as soon as they are closed.
+    "keepalive-now": {"idle": 2000, "loris": 0, "now": True},
 }
 KEEP = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
@@ -54,11 +65,11 @@ KEEP = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 # ------------------------------------------------------------------ flood
 
 
-async def flood(port, idle, loris, cycle, rate, ready_fd, stats, finish):
+async def flood(port, idle, loris, cycle, rate, now, ready_fd, stats, finish):
     """Opens `idle` + `loris` connections, `rate` a second, and keeps them up
     until SIGTERM, as slowloris does: every `cycle` seconds one more header
     line on each slow connection, and the connections the server closed
-    opened again."""
+    opened again (idle ones at once if `now`)."""
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     attempted = 0
@@ -115,7 +126,10 @@ async def flood(port, idle, loris, cycle, rate, ready_fd, stats, finish):
                 stats["errors"] += 1
             finally:
                 w.close()
-            await asyncio.sleep(to_tick())
+            if is_idle and now:
+                await asyncio.sleep(0)
+            else:
+                await asyncio.sleep(to_tick())
 
     # Held here: the event loop keeps only weak references to its tasks.
     tasks = [asyncio.create_task(one(i, i < idle)) for i in range(idle + loris)]
@@ -131,7 +145,7 @@ async def flood(port, idle, loris, cycle, rate, ready_fd, stats, finish):
     finish()
 
 
-def run_flood(port, idle, loris, cycle, rate, ready_fd, out_path):
+def run_flood(port, idle, loris, cycle, rate, now, ready_fd, out_path):
     """The child process: holds the flood until SIGTERM, then writes its
     counters to out_path and exits."""
     stats = {"opened": 0, "connect_failed": 0, "idle_closed": 0,
@@ -142,7 +156,7 @@ def run_flood(port, idle, loris, cycle, rate, ready_fd, out_path):
             json.dump(stats, f)
         os._exit(0)
 
-    asyncio.run(flood(port, idle, loris, cycle, rate, ready_fd, stats,
+    asyncio.run(flood(port, idle, loris, cycle, rate, now, ready_fd, stats,
                       finish))
 
 
@@ -182,18 +196,88 @@ def probes(port, n, every, timeout):
     return results
 
 
+# ------------------------------------------------------------------ honest clients
+
+
+KEEP_ID = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-Id: honest\r\n\r\n"
+
+
+def closed_while_idle(s):
+    """Whether the server has closed `s` while it sat idle (or sent something
+    unasked), as HTTP clients check before reusing a pooled connection."""
+    readable, _, _ = select.select([s], [], [], 0)
+    return bool(readable)
+
+
+def honest_client(port, stop, timeout, out):
+    """GET /health back to back on one keep-alive connection until `stop`
+    (at most 100,000 requests), counting what happened (see the module's
+    doc)."""
+    st = {"answered": 0, "retried": 0, "found_closed": 0,
+          "closing_answers": 0, "failed": 0}
+    s = None
+    try:
+        for _ in range(100000):
+            if stop.is_set():
+                break
+            if s is not None and closed_while_idle(s):
+                st["found_closed"] += 1
+                s.close()
+                s = None
+            reused = s is not None
+            first = b""
+            try:
+                if s is None:
+                    s = socket.create_connection(("127.0.0.1", port),
+                                                 timeout=timeout)
+                    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                s.sendall(KEEP_ID)
+                first = s.recv(65536)
+                if not first:
+                    raise ConnectionResetError("closed before the answer")
+                head, _ = read_response(s, first)
+            except (OSError, ServerFailed):
+                # Closed before any byte of the answer, on a connection that
+                # had served: sent again on a new connection. Anything else
+                # is a failure.
+                st["retried" if reused and not first else "failed"] += 1
+                if s is not None:
+                    s.close()
+                s = None
+                continue
+            if b" 200 " not in head.split(b"\r\n", 1)[0] + b" ":
+                st["failed"] += 1
+            else:
+                st["answered"] += 1
+            if re.search(rb"(?i)\r\nconnection:\s*close", head):
+                st["closing_answers"] += 1
+                s.close()
+                s = None
+    finally:
+        if s is not None:
+            s.close()
+        out.append(st)
+
+
 # ------------------------------------------------------------------ runs
 
 
 def measure(variant, flood_name, cycle, args):
-    size = FLOODS[flood_name]
+    size = dict(FLOODS[flood_name])
+    size["idle"] = round(size["idle"] * args.flood_scale)
+    size["loris"] = round(size["loris"] * args.flood_scale)
     # Each server with its default threads: the api one per CPU, nginx one
     # worker process.
+    extra = {}
+    if variant["kind"] == "api" and args.max_connections:
+        extra["MAX_CONNECTIONS"] = str(args.max_connections)
     srv = Server(variant, 0 if variant["kind"] == "api" else 1, None,
-                 args.workdir)
+                 args.workdir, extra_env=extra)
     res = {"server": variant["name"], "flood": flood_name, "cycle": cycle,
            **size}
     child = None
+    honest_stop = threading.Event()
+    honest_threads = []
     try:
         srv.start()
         res["base_rss_kib"] = status_kib(srv.pid, "VmRSS")
@@ -205,7 +289,7 @@ def measure(variant, flood_name, cycle, args):
             code = 0
             try:
                 run_flood(srv.port, size["idle"], size["loris"], cycle,
-                          args.rate, wr, out_path)
+                          args.rate, size.get("now", False), wr, out_path)
             except BaseException:  # noqa: BLE001 - the child must exit here
                 code = 1
             os._exit(code)
@@ -218,9 +302,23 @@ def measure(variant, flood_name, cycle, args):
         res["setup_s"] = time.monotonic() - t0
         if not ready:
             raise ServerFailed("the flood was not up in time")
+        honest_out = []
+        for _ in range(args.honest):
+            t = threading.Thread(target=honest_client,
+                                 args=(srv.port, honest_stop,
+                                       args.probe_timeout, honest_out))
+            t.start()
+            honest_threads.append(t)
         time.sleep(1)
         res["fds_before_probes"] = open_fds(srv.pid)
         got = probes(srv.port, args.probes, args.every, args.probe_timeout)
+        honest_stop.set()
+        for t in honest_threads:
+            t.join()
+        honest_threads = []
+        if args.honest:
+            res["honest"] = {k: sum(h[k] for h in honest_out)
+                             for k in honest_out[0]}
         lat = [t for t, s in got]
         res["statuses"] = sorted({s for t, s in got})
         res["ok"] = sum(1 for t, s in got if " 200 " in s + " ")
@@ -240,6 +338,9 @@ def measure(variant, flood_name, cycle, args):
     except (ServerFailed, OSError) as e:
         res["error"] = f"{type(e).__name__}: {e}"
     finally:
+        honest_stop.set()
+        for t in honest_threads:
+            t.join()
         if child:
             try:
                 os.kill(child, signal.SIGKILL)
@@ -281,28 +382,39 @@ def _counters(port):
 
 def render(results, args):
     L = ["| server | flood | reopen | probes 200 | median ms | max ms | "
-         "RSS MiB | peak RSS MiB | server fds | evicted idle / head |",
-         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+         "RSS MiB | peak RSS MiB | server fds | evicted idle / head | "
+         "honest answered / retried / failed |",
+         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
-        flood = (f"{r['idle']:,} idle + {r['loris']:,} slowloris" if r["idle"]
-                 else f"{r['loris']:,} slowloris")
+        if r["idle"] and r["loris"]:
+            flood = f"{r['idle']:,} idle + {r['loris']:,} slowloris"
+        elif r["idle"]:
+            flood = f"{r['idle']:,} keep-alive"
+        else:
+            flood = f"{r['loris']:,} slowloris"
+        reopen = "at once" if r.get("now") else f"{r['cycle']:g} s"
         if "error" in r:
-            L.append(f"| {r['server']} | {flood} | {r['cycle']:g} s | "
-                     f"{r['error']} |||||||")
+            L.append(f"| {r['server']} | {flood} | {reopen} | "
+                     f"{r['error']} ||||||||")
             continue
         c = r.get("counters") or {}
         ev = (f"{c.get('evicted_idle', 0):,} / {c.get('evicted_head', 0):,}"
               if "evicted_idle" in c else "–")
+        h = r.get("honest")
+        hon = (f"{h['answered']:,} / {h['retried']:,} / {h['failed']:,}"
+               if h else "–")
         L.append(
-            f"| {r['server']} | {flood} | {r['cycle']:g} s | "
+            f"| {r['server']} | {flood} | {reopen} | "
             f"{r['ok']}/{args.probes} | "
             f"{r['median_ms']:,.1f} | {r['max_ms']:,.1f} | "
             f"{r['rss_kib'] / 1024:.1f} | {r['hwm_kib'] / 1024:.1f} | "
-            f"{r['fds']:,} | {ev} |")
+            f"{r['fds']:,} | {ev} | {hon} |")
     L.append("")
     L.append(f"Targets: max under 100 ms, RSS under 64 MiB. Probe timeout "
              f"{args.probe_timeout:.0f} s (a probe that got no answer counts "
-             f"as that long).")
+             f"as that long). Honest clients: requests answered, sent again "
+             f"after the server closed their connection before any byte of "
+             f"the answer, and failed otherwise.")
     return "\n".join(L)
 
 
@@ -313,7 +425,18 @@ def main():
                     metavar="NAME=PATH", help="an api binary to measure "
                     "(repeatable), e.g. api=target/release/api")
     ap.add_argument("--nginx", help="nginx binary to compare with")
-    ap.add_argument("--floods", default="mixed,slowloris")
+    ap.add_argument("--floods", default="mixed,slowloris,keepalive,keepalive-now",
+                    help="comma list of " + ", ".join(FLOODS) + " (the -now "
+                    "ones run at the first cycle only: they do not wait for "
+                    "it)")
+    ap.add_argument("--max-connections", type=int,
+                    help="the api's MAX_CONNECTIONS (default: its own, 1024)")
+    ap.add_argument("--flood-scale", type=float, default=1.0,
+                    help="multiplies the floods' connection counts (1), to fit "
+                    "them to a smaller --max-connections")
+    ap.add_argument("--honest", type=int, default=0,
+                    help="keep-alive clients sending GET /health back to back "
+                    "while the probes run (0)")
     ap.add_argument("--cycles", default="15,1",
                     help="seconds between the flood's rounds of header lines "
                     "and reopened connections, comma list (15: slowloris's "
@@ -344,8 +467,11 @@ def main():
     args.workdir = tempfile.mkdtemp(prefix="overload-")
     results = []
     try:
-        for cycle in [float(c) for c in args.cycles.split(",")]:
+        cycles = [float(c) for c in args.cycles.split(",")]
+        for cycle in cycles:
             for flood_name in args.floods.split(","):
+                if FLOODS[flood_name].get("now") and cycle != cycles[0]:
+                    continue
                 for v in variants:
                     r = measure(v, flood_name, cycle, args)
                     print(json.dumps(r), flush=True)

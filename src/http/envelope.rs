@@ -248,8 +248,9 @@ impl Fields<'_> {
     }
 }
 
-/// Refuses heads beyond the configured size with a JSON 431 (hyper's parser refuses heads
-/// that do not fit its buffer at all, or carry over 100 fields, with a bare 431), and
+/// Refuses heads beyond the configured size with a 431 (hyper's parser refuses heads that do
+/// not fit its buffer at all, or carry over 100 fields, with a 431 of its own, which the
+/// connection sends as the service's: see `super::unparsed`), and
 /// HTTP/1.1 requests without exactly one `Host` with a 400, as RFC 9112 section 3.2 requires:
 /// two differing hosts would let a proxy and this service disagree on the target.
 fn check_head(head: &Parts, fields: &Fields<'_>, max_bytes: usize) -> Result<(), ApiError> {

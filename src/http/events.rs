@@ -12,14 +12,15 @@ use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::HeaderValue;
 use hyper::http::request::Parts;
-use hyper::{HeaderMap, Response, StatusCode};
+use hyper::{Response, StatusCode};
 use time::OffsetDateTime;
 
 use super::body::{self, Body};
 use super::envelope::Envelope;
 use super::error::ApiError;
+use super::framing::BodyFields;
 use crate::app::App;
 use crate::logging::{EventRecord, json};
 use crate::rawjson::{self, Doc};
@@ -32,11 +33,11 @@ pub(super) async fn post(
     incoming: Incoming,
     env: &Envelope<'_>,
 ) -> Result<Response<Body>, ApiError> {
-    if !is_json(&head.headers) {
-        return Err(ApiError::UnsupportedMediaType);
-    }
+    let fields = BodyFields::of(&head.headers);
+    fields.check_framing(&head.headers)?;
+    fields.check_json(&head.headers)?;
     let bytes = read_limited(
-        &head.headers,
+        fields.content_length,
         incoming,
         app.cfg.max_body_bytes,
         app.cfg.body_timeout,
@@ -47,6 +48,7 @@ pub(super) async fn post(
         rawjson::Error::DuplicateKey(_) => {
             ApiError::Unprocessable(format!("{e}: a key may appear only once in an object"))
         }
+        rawjson::Error::LongNumber { .. } => ApiError::Unprocessable(e.to_string()),
     })?;
     let Event { kind, data } = event_shape(&doc)?;
 
@@ -142,25 +144,16 @@ fn event_shape<'d>(doc: &'d Doc<'_>) -> Result<Event<'d>, ApiError> {
     })
 }
 
-/// Whether `headers` declare a JSON body (`application/json`, parameters allowed).
-fn is_json(headers: &HeaderMap) -> bool {
-    let Some(v) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let essence = v.split_once(';').map_or(v, |(e, _)| e).trim();
-    essence.eq_ignore_ascii_case("application/json")
-}
-
 /// Reads the whole body, refusing more than `limit` bytes (checked against `Content-Length`
 /// first, then while streaming, so a chunked body cannot slip past) and taking no longer than
 /// `timeout`.
 async fn read_limited(
-    headers: &HeaderMap,
+    content_length: Option<&HeaderValue>,
     body: Incoming,
     limit: usize,
     timeout: Duration,
 ) -> Result<Bytes, ApiError> {
-    if let Some(len) = headers.get(CONTENT_LENGTH) {
+    if let Some(len) = content_length {
         // hyper has already rejected a malformed Content-Length; this is only the size check.
         let declared = len
             .to_str()

@@ -31,6 +31,7 @@ pub(super) fn get(app: &App) -> Response<Body> {
             "started_at": String::from_utf8_lossy(&started_at),
             "uptime_seconds": app.started.elapsed().as_secs(),
             "requests_served": app.requests.load(Ordering::Relaxed) + 1,
+            "requests_unparsed": app.unparsed.load(Ordering::Relaxed),
             "events_accepted": app.events.load(Ordering::Relaxed),
             "connections": {
                 "max": app.cfg.max_connections,

@@ -17,9 +17,13 @@ mod body;
 mod envelope;
 mod error;
 mod events;
+mod framing;
 mod health;
 mod info;
 mod metrics;
+mod unparsed;
+
+pub(crate) use unparsed::answer as unparsed_answer;
 
 pub(crate) use body::Body;
 use envelope::Envelope;
@@ -71,23 +75,32 @@ pub(crate) fn handle(
         (_, "/events") => |_| Err(ApiError::MethodNotAllowed("POST")),
         _ => |_| Err(ApiError::NotFound),
     };
-    now(app, head, peer, start, handler)
+    // A body these routes do not read must still be framed unambiguously: hyper skips it to
+    // find the next request.
+    let framed = !hyper::body::Body::is_end_stream(&body);
+    now(app, head, framed, peer, start, handler)
 }
 
 /// A route that answers at once.
 type Handler = fn(&App) -> Result<Response<Body>, ApiError>;
 
-/// Answers with `handler`, in the envelope.
+/// Answers with `handler`, in the envelope; `framed`: the request has a body.
 fn now<F>(
     app: &App,
     mut head: Parts,
+    framed: bool,
     peer: SocketAddr,
     start: Instant,
     handler: Handler,
 ) -> Answer<F> {
     let mut generated = None;
     let env = Envelope::open(app, &head, peer, start, &mut generated);
-    let result = env.check_head(app, &head).and_then(|()| handler(app));
+    let result = env.check_head(app, &head).and_then(|()| {
+        if framed {
+            framing::BodyFields::of(&head.headers).check_framing(&head.headers)?;
+        }
+        handler(app)
+    });
     let mut resp = result.unwrap_or_else(ApiError::into_response);
     let end = Instant::now();
     let request_id = env.record(app, start, end, &head, &resp);

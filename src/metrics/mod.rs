@@ -22,8 +22,8 @@ pub(crate) use expose::{CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, render};
 const ROUTES: [&str; 4] = ["/", "/health", "/events", "other"];
 /// The methods as labels.
 const METHODS: [&str; 4] = ["GET", "HEAD", "POST", "other"];
-/// The statuses the service answers with (hyper's own answers to unparsable requests never
-/// reach it); any other is counted as `other`.
+/// The statuses the service answers with (those to heads the HTTP parser refused included,
+/// as route and method `other`); any other is counted as `other`.
 const STATUSES: [u16; 14] = [
     200, 201, 400, 404, 405, 408, 413, 415, 422, 431, 500, 501, 503, 0,
 ];
@@ -69,6 +69,17 @@ impl Metrics {
         let series = (route * METHODS.len() + method) * STATUSES.len() + status;
         self.requests[series].fetch_add(1, Ordering::Relaxed);
         self.durations[route].observe(micros(duration));
+    }
+
+    /// Counts a request whose head the HTTP parser refused, answered with `status`: route and
+    /// method `other` (none could be read), and no duration (the service did no work for it).
+    pub(crate) fn unparsed(&self, status: u16) {
+        let status = STATUSES[..STATUSES.len() - 1]
+            .iter()
+            .position(|&s| s == status)
+            .unwrap_or(STATUSES.len() - 1);
+        let other = (ROUTES.len() - 1) * METHODS.len() + METHODS.len() - 1;
+        self.requests[other * STATUSES.len() + status].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts an event acknowledged `wait` after its record was handed to the sink.

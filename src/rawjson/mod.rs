@@ -6,7 +6,8 @@
 //!
 //! Duplicate keys are refused because parsers disagree on which value wins: a record one
 //! reader takes as `a` another would take as `b`. Keys are compared decoded, so `"a"` and
-//! `"\u0061"` are the same key.
+//! `"\u0061"` are the same key. Numbers longer than [`MAX_NUMBER`] are refused too: kept
+//! exactly, they would be records that common readers of the log cannot read.
 
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -21,6 +22,12 @@ use keys::{Key, duplicate, key_text, push_path_key};
 /// Deepest nesting accepted, counting the outermost value: serde_json's limit, so that any
 /// body accepted here is one a consumer reading the log with serde_json can read too.
 pub(crate) const MAX_DEPTH: usize = 128;
+
+/// Longest number accepted, in characters as written (sign, digits, point, exponent), so that
+/// every number the log holds is one common readers take by default: Python's `json` refuses
+/// integers of over 4,300 digits unless told otherwise. No quantity a client sends needs more
+/// than a fraction of this (a 128-bit integer has 39 digits).
+pub(crate) const MAX_NUMBER: usize = 1000;
 
 /// A scanned document: the text without insignificant whitespace, and the members of the
 /// top-level value if it is an object.
@@ -76,6 +83,8 @@ pub(crate) enum Error {
     /// Well-formed, but a key appears twice in one object: the path of the second one, such
     /// as `data.user.id` or `data.items[2].id`.
     DuplicateKey(String),
+    /// Well-formed, but a number is longer than [`MAX_NUMBER`]: where it starts.
+    LongNumber { line: usize, column: usize },
 }
 
 impl fmt::Display for Error {
@@ -85,6 +94,10 @@ impl fmt::Display for Error {
                 write!(f, "{what} at line {line} column {column}")
             }
             Error::DuplicateKey(path) => write!(f, "duplicate key {path}"),
+            Error::LongNumber { line, column } => write!(
+                f,
+                "number longer than {MAX_NUMBER} characters at line {line} column {column}"
+            ),
         }
     }
 }
@@ -106,6 +119,7 @@ pub(crate) fn scan(input: &[u8]) -> Result<Doc<'_>, Error> {
         members: Vec::with_capacity(2),
         member_start: None,
         duplicate: None,
+        long_number: None,
     };
     let result = s.document();
     let (mut stack, mut keys) = (std::mem::take(&mut s.stack), std::mem::take(&mut s.keys));
@@ -117,6 +131,10 @@ pub(crate) fn scan(input: &[u8]) -> Result<Doc<'_>, Error> {
     result?;
     if let Some(path) = s.duplicate {
         return Err(Error::DuplicateKey(path));
+    }
+    if let Some(at) = s.long_number {
+        let (line, column) = line_column(input, at);
+        return Err(Error::LongNumber { line, column });
     }
     let text = if s.out.is_empty() {
         Cow::Borrowed(&input[s.copied_to..s.pos])
@@ -178,6 +196,8 @@ struct Scanner<'a> {
     /// The path of the first duplicate key; reported once the whole text is known to be JSON,
     /// so a body that is both gets the more basic answer.
     duplicate: Option<String>,
+    /// Where the first number longer than [`MAX_NUMBER`] starts; reported as `duplicate` is.
+    long_number: Option<usize>,
 }
 
 impl Scanner<'_> {
@@ -440,8 +460,10 @@ impl Scanner<'_> {
         })
     }
 
-    /// Reads `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`, of any length.
+    /// Reads `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`, noting the first one
+    /// longer than [`MAX_NUMBER`].
     fn number(&mut self) -> Result<(), Error> {
+        let start = self.pos;
         if self.peek() == Some(b'-') {
             self.pos += 1;
         }
@@ -465,6 +487,9 @@ impl Scanner<'_> {
                 self.pos += 1;
             }
             self.required_digits()?;
+        }
+        if self.pos - start > MAX_NUMBER && self.long_number.is_none() {
+            self.long_number = Some(start);
         }
         Ok(())
     }
@@ -531,16 +556,21 @@ impl Scanner<'_> {
 
 /// A syntax error at byte `pos` of `input`, with its line and column.
 fn syntax_at(input: &[u8], pos: usize, what: &'static str) -> Error {
+    let (line, column) = line_column(input, pos);
+    Error::Syntax { what, line, column }
+}
+
+/// The 1-based line and byte column of byte `pos` of `input`.
+fn line_column(input: &[u8], pos: usize) -> (usize, usize) {
     let before = &input[..pos.min(input.len())];
     let line_start = before
         .iter()
         .rposition(|&b| b == b'\n')
         .map_or(0, |i| i + 1);
-    Error::Syntax {
-        what,
-        line: before.iter().filter(|&&b| b == b'\n').count() + 1,
-        column: pos - line_start + 1,
-    }
+    (
+        before.iter().filter(|&&b| b == b'\n').count() + 1,
+        pos - line_start + 1,
+    )
 }
 
 #[cfg(test)]

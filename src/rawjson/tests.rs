@@ -409,8 +409,8 @@ proptest! {
 
     /// Corrupted documents (a byte deleted, inserted, replaced or doubled, mostly at the
     /// punctuation and digits): the scanner accepts exactly what serde_json accepts, apart from
-    /// the duplicate keys serde_json lets through; and whatever it accepts, it returns as one
-    /// line.
+    /// the duplicate keys (and over-long numbers) serde_json lets through; and whatever it
+    /// accepts, it returns as one line.
     #[test]
     fn agrees_with_serde_on_corrupted_text(
         v in json(),
@@ -440,9 +440,9 @@ proptest! {
                 prop_assert!(serde.is_ok(), "{:?}: serde refuses: {:?}", String::from_utf8_lossy(&text), serde);
                 prop_assert!(!doc.text.contains(&b'\n'));
             }
-            (Err(Error::DuplicateKey(_)), Ok(_)) => {}
-            (Err(Error::DuplicateKey(_)), Err(e)) => {
-                prop_assert!(false, "{:?}: a duplicate for us, malformed for serde: {}", String::from_utf8_lossy(&text), e);
+            (Err(Error::DuplicateKey(_) | Error::LongNumber { .. }), Ok(_)) => {}
+            (Err(ours @ (Error::DuplicateKey(_) | Error::LongNumber { .. })), Err(e)) => {
+                prop_assert!(false, "{:?}: {} for us, malformed for serde: {}", String::from_utf8_lossy(&text), ours, e);
             }
             (Err(e @ Error::Syntax { .. }), Ok(_)) => {
                 prop_assert!(false, "{:?}: serde accepts, we refuse: {}", String::from_utf8_lossy(&text), e);
@@ -450,4 +450,25 @@ proptest! {
             (Err(Error::Syntax { .. }), Err(_)) => {}
         }
     }
+}
+
+/// Numbers up to MAX_NUMBER characters are kept as sent; a longer one is refused, where it
+/// starts, once the whole text is known to be JSON (a body that is also malformed gets the
+/// syntax error).
+#[test]
+fn numbers_are_bounded_in_length() {
+    let at_limit = format!("-{}.{}e+{}", "9".repeat(MAX_NUMBER - 7), "5", "12");
+    assert_eq!(at_limit.len(), MAX_NUMBER);
+    let body = format!(r#"{{"a":[1,{at_limit}]}}"#);
+    assert_eq!(min(&body), body);
+    let long = format!("1{}", "0".repeat(MAX_NUMBER));
+    let body = format!("{{\n \"a\": [1, {long}, {long}]}}");
+    match scan(body.as_bytes()) {
+        Err(e @ Error::LongNumber { .. }) => assert_eq!(
+            e.to_string(),
+            "number longer than 1000 characters at line 2 column 11"
+        ),
+        other => panic!("expected a long number, got {other:?}"),
+    }
+    assert!(syntax(format!("[{long},]").as_bytes()).starts_with("trailing comma"));
 }

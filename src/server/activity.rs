@@ -6,11 +6,12 @@
 //! its client, what it waits for ([`Wait`]) together with the count of requests begun, in one
 //! word: a connection that served a request in between never matches a stale reading, so an
 //! eviction can only close a connection still waiting as the admission saw it.
-//! [`HeadSignal`] wakes an admission that found nothing to evict when a connection starts
-//! waiting for the rest of a head.
+//! [`Signals`] wakes the admission when a connection starts waiting for its client (one it may
+//! evict, if it found none) and when an evicted connection has a request to serve before it
+//! closes (so another must make room).
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::task::Waker;
 use std::time::Duration;
 
@@ -106,6 +107,11 @@ impl Activity {
         self.finished.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// The requests finished so far.
+    pub(super) fn finished(&self) -> u32 {
+        self.finished.load(Ordering::Acquire)
+    }
+
     /// The requests begun so far, and whether one of them is still in progress.
     pub(super) fn progress(&self) -> (u32, bool) {
         let started = self.started.load(Ordering::Acquire);
@@ -186,29 +192,63 @@ impl Activity {
     }
 }
 
-/// Wakes the admission, while it waits for a connection it may evict, when one starts waiting
-/// for the rest of a head.
+/// What connections tell the admission: while it waits for a connection it may evict, that
+/// one starts waiting for its client; and that an evicted connection serves a request before
+/// it closes, so its slot is not about to be free. One notification serves both (the
+/// admission never waits for both at once, and takes a wake-up meant for the other as a
+/// reason to look again), and one word holds whether it waits for a connection to evict
+/// (the low bit) and which connection was last reprieved (the rest: its [`Activity`]'s
+/// address, which is aligned): kept here, the state every connection carries stays as it is.
 #[derive(Default)]
-pub(super) struct HeadSignal {
-    wanted: AtomicBool,
+pub(super) struct Signals {
+    word: AtomicUsize,
     notify: Notify,
 }
 
-impl HeadSignal {
-    /// The connection's side: it waits for a head now.
-    pub(super) fn head_waiting(&self) {
-        if self.wanted.load(Ordering::Relaxed) {
+const WANTED: usize = 1;
+
+impl Signals {
+    /// The connection's side: it waits for its client now.
+    pub(super) fn parked(&self) {
+        if self.word.load(Ordering::Relaxed) & WANTED != 0 {
             self.notify.notify_one();
         }
     }
 
-    /// The admission's side: whether it waits for a connection it may evict.
-    pub(super) fn want(&self, wanted: bool) {
-        self.wanted.store(wanted, Ordering::Relaxed);
+    /// The connection's side: evicted, `who` has a request to serve first.
+    pub(super) fn reprieved(&self, who: *const Activity) {
+        let who = who as usize;
+        // Keeps the wanted bit as it is.
+        let _ = self
+            .word
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                Some(w & WANTED | who)
+            });
+        self.notify.notify_one();
     }
 
-    /// The admission's side: resolves at the next [`HeadSignal::head_waiting`] while wanted.
-    pub(super) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+    /// The admission's side: whether it waits for a connection it may evict.
+    pub(super) fn want(&self, wanted: bool) {
+        if wanted {
+            self.word.fetch_or(WANTED, Ordering::Relaxed);
+        } else {
+            self.word.fetch_and(!WANTED, Ordering::Relaxed);
+        }
+    }
+
+    /// The admission's side, before an eviction: no reprieve is pending.
+    pub(super) fn clear_reprieve(&self) {
+        self.word.fetch_and(WANTED, Ordering::AcqRel);
+    }
+
+    /// The admission's side: whether `who` was reprieved since [`Signals::clear_reprieve`].
+    pub(super) fn was_reprieved(&self, who: *const Activity) -> bool {
+        self.word.load(Ordering::Acquire) & !WANTED == who as usize
+    }
+
+    /// The admission's side: resolves at the next [`Signals::parked`] (while wanted) or
+    /// [`Signals::reprieved`], or at once if one came since the last.
+    pub(super) fn next(&self) -> tokio::sync::futures::Notified<'_> {
         self.notify.notified()
     }
 }

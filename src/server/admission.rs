@@ -3,36 +3,49 @@
 //! A slot is a permit of a semaphore, held by a connection for its lifetime. The accept loop
 //! accepts only when there is room: a free slot, or, at the cap, a connection it may evict.
 //! A connection that only waits for its client is worth less than a new client, so one is
-//! closed to make room, chosen in this order:
+//! closed to make room, whatever it has waited for: any connection between requests or
+//! part-way through a head may go, so that a new client never waits for a timeout while one
+//! does. They are ranked by how likely their client is to be about to use them:
 //!
-//! 1. an idle connection, the longest idle first: kept alive after a request, once idle for
-//!    [`RECENT`] (sooner, it is between two requests of a working client, and closing it
-//!    would likely race with the next), or new and silent for [`SILENT`];
-//! 2. else a connection part-way through a request head, the oldest first: slowloris, or a
-//!    client so slow it would hit the header timeout anyway. Honest clients send a head in one
-//!    go, and the newest heads are the last to go.
+//! 1. a parked connection, the longest idle first: kept alive after a request and idle for
+//!    [`RECENT`], or new and silent for [`SILENT`];
+//! 2. a slow head, the oldest first: part-way through a request head begun [`SLOW_HEAD`] ago
+//!    or more (slowloris, or a client so slow it would hit the header timeout anyway);
+//! 3. a working connection, the longest idle first: kept alive and idle for less than
+//!    [`RECENT`], likely between two requests of a client that is working;
+//! 4. a head begun less than [`SLOW_HEAD`] ago, the oldest first: likely an honest head
+//!    still arriving.
 //!
-//! A connection with a request in progress (head complete, handler running, answer being
-//! written) is never chosen. If no connection can be evicted, the loop stops accepting and
-//! new clients wait in the listen backlog, as without eviction; it looks again when a slot
-//! frees, when a connection starts waiting for a head, or when an idle one becomes evictable.
+//! A new connection silent for less than [`SILENT`] is not evicted: its client sends its first
+//! request as soon as it has connected, and may not have been scheduled yet. A connection with
+//! a request in progress (head complete, handler running, answer being written) is never
+//! chosen. If no connection can be evicted, the loop stops accepting and new clients wait in
+//! the listen backlog; it looks again when a slot frees, when a connection starts waiting for
+//! its client, or when a silent one becomes evictable.
 //!
-//! An evicted connection is closed by its own task at its next read, which sees end of
-//! stream: an idle one is closed between requests (a clean close, as at the idle timeout),
-//! and one whose client's request raced the eviction is closed only after answering it (see
-//! `Activity::evict`). The loop takes the victim's slot as it is released before it
-//! accepts again, so the service holds at most one connection beyond the cap (the one waiting
-//! for that slot, or, if the victim found by `ready` moved on before a client arrived, for any
-//! slot): the cap still bounds descriptors and memory. A flood of new connections at the cap
-//! turns over the evictable connections, newest kept, at one eviction per accepted
-//! connection, as fast as the loop can go; what waits beyond that waits in the listen backlog,
-//! as before, and clients doing work keep their slots throughout.
+//! An evicted connection is closed by its own task, which first reads what its client sent
+//! meanwhile. Nothing: it closes at once, a clean close between requests, as at the idle
+//! timeout; a request its client sends from then on finds the connection closed before the
+//! service read any of it, which is the race RFC 9112 section 9.5 describes, and which
+//! clients resolve by sending the request again on a new connection. Something (or a request
+//! already in progress): it serves that request, answers it with `Connection: close`, the
+//! way HTTP/1.1 closes a connection without racing its client, and closes after it; so no
+//! request the service has begun to read is lost. Such a reprieved connection tells the
+//! admission, which evicts another.
+//!
+//! The loop takes the victim's slot as it is released before it accepts again, so the
+//! service holds at most one connection beyond the cap (the one waiting for that slot, or, if
+//! the victim found by `ready` moved on before a client arrived, for any slot): the cap still
+//! bounds descriptors and memory. A flood of new connections at the cap turns over the
+//! evictable connections, best kept, at one eviction per accepted connection, as fast as the
+//! loop can go; what waits beyond that waits in the listen backlog, as before, and clients
+//! doing work keep their slots throughout.
 //!
 //! This is eviction rather than timeouts scaled by load (Envoy's overload manager) or a queue
 //! (HAProxy; nginx reuses idle connections, then refuses): scaled timeouts still make a new
 //! client wait for some timeout to run out and close connections that would have stayed within
-//! it, and a queue keeps the slots with whoever holds them. Eviction needs no timer and touches nothing until the cap is reached;
-//! the timeouts stay as configured.
+//! it, and a queue keeps the slots with whoever holds them. Eviction needs no timer and
+//! touches nothing until the cap is reached; the timeouts stay as configured.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -41,16 +54,20 @@ use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use super::activity::{Activity, HeadSignal, Wait};
+use super::activity::{Activity, Signals, Wait};
 use crate::app::App;
 
-/// A kept-alive connection that finished a request less than this ago is not evicted: it is
-/// between two requests of a client that is working, not parked.
+/// A kept-alive connection that finished a request less than this ago is likely between two
+/// requests of a client that is working, not parked: it goes after slow heads.
 const RECENT: Duration = Duration::from_secs(2);
 
 /// A new connection that has sent nothing is not evicted for this long: its client sends its
 /// first request as soon as it has connected, and may not have been scheduled yet.
 const SILENT: Duration = Duration::from_millis(100);
+
+/// A head that has been arriving for less than this is likely an honest client's, split
+/// across packets: it goes last.
+const SLOW_HEAD: Duration = Duration::from_millis(100);
 
 /// Victims are ranked this many at a time ([`Admission::victim`])...
 const BATCH: usize = 32;
@@ -66,8 +83,9 @@ pub(super) struct Admission {
     app: Arc<App>,
     permits: Arc<Semaphore>,
     held: Mutex<Held>,
-    /// Wakes the loop, while it waits for a connection to evict, when a head begins.
-    heads: Arc<HeadSignal>,
+    /// Wakes the loop when a connection starts waiting for its client (while it waits for one
+    /// to evict) and when a victim serves a request first.
+    signals: Arc<Signals>,
     /// Wakes the summary writer when the cap is reached.
     reached: Notify,
 }
@@ -94,8 +112,18 @@ pub(super) struct Ticket {
 pub(super) struct Victim {
     conn: Arc<Activity>,
     kind: Wait,
+    rank: Rank,
     since: Instant,
     state: u64,
+}
+
+/// The order in which connections are evicted (see the module's doc), first first.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Rank {
+    Parked,
+    SlowHead,
+    Working,
+    NewHead,
 }
 
 impl Admission {
@@ -105,7 +133,7 @@ impl Admission {
             app,
             permits: Arc::new(Semaphore::new(cap)),
             held: Mutex::new(Held::default()),
-            heads: Arc::default(),
+            signals: Arc::default(),
             reached: Notify::new(),
         }
     }
@@ -137,7 +165,7 @@ impl Admission {
         conn: Arc<Activity>,
         mut victim: Option<Victim>,
     ) -> Ticket {
-        let permit = loop {
+        let permit = 'take: loop {
             if let Ok(p) = Arc::clone(&self.permits).try_acquire_owned() {
                 break p;
             }
@@ -148,16 +176,35 @@ impl Admission {
                     continue;
                 }
             };
-            if v.conn.evict(v.state) {
-                let counter = match v.kind {
-                    Wait::Idle => &self.app.cap.evicted_idle,
-                    _ => &self.app.cap.evicted_head,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                // The victim releases its slot as soon as its task runs, and only this loop
-                // takes slots: the next one released is this connection's.
-                break (Arc::clone(&self.permits).acquire_owned().await)
-                    .expect("the slot semaphore is never closed");
+            // Listening from before the eviction, so that the victim's reprieve is heard.
+            self.signals.clear_reprieve();
+            let reprieve = self.signals.next();
+            tokio::pin!(reprieve);
+            reprieve.as_mut().enable();
+            if !v.conn.evict(v.state) {
+                continue;
+            }
+            let counter = match v.kind {
+                Wait::Idle => &self.app.cap.evicted_idle,
+                _ => &self.app.cap.evicted_head,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            // The victim releases its slot as soon as its task runs, and only this loop takes
+            // slots: the next one released is this connection's. Unless the victim serves a
+            // request that came meanwhile first: then another is evicted.
+            loop {
+                tokio::select! {
+                    p = Arc::clone(&self.permits).acquire_owned() => {
+                        break 'take p.expect("the slot semaphore is never closed");
+                    }
+                    () = &mut reprieve => {
+                        if self.signals.was_reprieved(Arc::as_ptr(&v.conn)) {
+                            continue 'take;
+                        }
+                        reprieve.set(self.signals.next());
+                        reprieve.as_mut().enable();
+                    }
+                }
             }
         };
         let mut held = self.held();
@@ -182,10 +229,9 @@ impl Admission {
         }
     }
 
-    /// What a connection calls when it starts waiting for a head: if the loop waits for a
-    /// connection it can evict, that is one.
-    pub(super) fn heads(&self) -> Arc<HeadSignal> {
-        Arc::clone(&self.heads)
+    /// What a connection tells the admission (see [`Signals`]).
+    pub(super) fn signals(&self) -> Arc<Signals> {
+        Arc::clone(&self.signals)
     }
 
     /// The best connection to evict, or, if there is none, when an idle one will become
@@ -207,17 +253,17 @@ impl Admission {
         held.victims.pop().ok_or(next)
     }
 
-    /// Waits for a slot to be released, a connection to start waiting for a head, or `next`
-    /// (else [`SILENT`]: a connection that goes idle now is evictable no sooner).
+    /// Waits for a slot to be released, a connection to start waiting for its client, or
+    /// `next`, when a silent one becomes evictable (else [`SILENT`], to look again).
     async fn wait(&self, next: Option<Instant>) {
-        self.heads.want(true);
+        self.signals.want(true);
         let until = next.unwrap_or_else(|| Instant::now() + SILENT);
         tokio::select! {
             _ = self.permits.acquire() => {}
-            () = self.heads.notified() => {}
+            () = self.signals.next() => {}
             () = tokio::time::sleep_until(until) => {}
         }
-        self.heads.want(false);
+        self.signals.want(false);
     }
 
     /// Writes one summary line per [`SUMMARY_EVERY`] while the cap is reached: the time spent
@@ -258,8 +304,8 @@ impl Admission {
 
 impl Held {
     /// Ranks the connections that could be evicted now into `victims` (the best [`BATCH`],
-    /// the best last): idle ones before heads, the longest waiting first. Returns when an
-    /// idle connection not yet evictable will be.
+    /// the best last; see [`Rank`]). Returns when a new, silent connection not yet evictable
+    /// will be.
     fn scan(&mut self, now: Instant) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         let mut found = std::mem::take(&mut self.victims);
@@ -268,22 +314,31 @@ impl Held {
             let Some(w) = conn.waiting() else {
                 continue;
             };
-            if w.kind == Wait::Idle {
-                let from = w.since + if w.served { RECENT } else { SILENT };
-                if now < from {
-                    next = Some(next.map_or(from, |n| n.min(from)));
-                    continue;
+            let waited = now.saturating_duration_since(w.since);
+            let rank = match w.kind {
+                Wait::Idle if !w.served => {
+                    if waited < SILENT {
+                        let from = w.since + SILENT;
+                        next = Some(next.map_or(from, |n| n.min(from)));
+                        continue;
+                    }
+                    Rank::Parked
                 }
-            }
+                Wait::Idle if waited >= RECENT => Rank::Parked,
+                Wait::Idle => Rank::Working,
+                _ if waited >= SLOW_HEAD => Rank::SlowHead,
+                _ => Rank::NewHead,
+            };
             found.push(Victim {
                 conn: Arc::clone(conn),
                 kind: w.kind,
+                rank,
                 since: w.since,
                 state: w.state,
             });
         }
         // Worst first, so that the best are popped from the end.
-        found.sort_unstable_by_key(|v| std::cmp::Reverse((v.kind != Wait::Idle, v.since)));
+        found.sort_unstable_by_key(|v| std::cmp::Reverse((v.rank, v.since)));
         found.drain(..found.len().saturating_sub(BATCH));
         self.victims = found;
         next

@@ -15,8 +15,16 @@
 //! When the connection waits for its client (idle between requests, or part-way through a
 //! head) it says so in [`Activity`], with its task's waker, so that the admission
 //! (`super::admission`) can close it to make room at the cap; see there for why and when.
+//!
+//! Two answers are changed on their way out. hyper answers a head it cannot parse itself,
+//! with a bare status; [`Guarded`] sends the service's answer in its place
+//! (`crate::http::unparsed_answer`), telling it from the service's by counting: a message
+//! written while no request is in progress, when every finished request's answer has been
+//! written and flushed, is not the service's. And an evicted connection that serves a
+//! request first says `Connection: close` on its answer, so its client does not send another.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
@@ -28,7 +36,7 @@ use tokio::net::TcpStream;
 use tokio::sync::futures::OwnedNotified;
 use tokio::time::{Instant, Sleep};
 
-use super::activity::{Activity, HeadSignal, Wait, wait_state};
+use super::activity::{Activity, Signals, Wait, wait_state};
 use crate::app::App;
 use crate::shutdown::Phases;
 
@@ -123,16 +131,29 @@ pub(super) struct Guarded {
     /// only takes the lock of the `Notify` every connection shares, to find what
     /// `Phases::closing`, read on every read, already says.
     closing_waker: Option<Waker>,
-    heads: Arc<HeadSignal>,
+    signals: Arc<Signals>,
     /// Whether `activity` says the connection waits for its client (it may be evicted), and
     /// the state it was told.
     parked: bool,
     published: u64,
     /// Set once evicted: from then on, a read while no request is in progress sees end of
-    /// stream, as when closing.
+    /// stream, as when closing, unless the client's next request had come (see `reprieve`).
     evicted: bool,
+    /// Evicted with a request to serve first: the connection closes once this many requests
+    /// have been answered.
+    reprieve: Option<u32>,
     /// The waker last handed to `activity`, to skip its lock when the task's waker is the same.
     waker: Option<Waker>,
+    /// Requests finished at the last flush.
+    answered: u32,
+    /// Set with `reprieve` or `replacement`: every message goes through
+    /// [`Guarded::write_unusual`], which looks at them.
+    special: bool,
+    /// Whether all that was written has been flushed: the next write begins a message.
+    flushed: bool,
+    /// The service's answer in place of hyper's to a head it could not parse, and how much of
+    /// it has been written.
+    replacement: Option<Box<(Vec<u8>, usize)>>,
 }
 
 impl Guarded {
@@ -140,7 +161,7 @@ impl Guarded {
         io: TcpStream,
         activity: Arc<Activity>,
         app: &Arc<App>,
-        heads: Arc<HeadSignal>,
+        signals: Arc<Signals>,
     ) -> Guarded {
         let opened = activity.opened();
         let cfg = &app.cfg;
@@ -164,11 +185,16 @@ impl Guarded {
             app: Arc::clone(app),
             closing_notified: Box::pin(app.phases.closing_notify().notified_owned()),
             closing_waker: None,
-            heads,
+            signals,
             parked: false,
             published: 0,
             evicted: false,
+            reprieve: None,
+            special: false,
             waker: None,
+            answered: 0,
+            flushed: true,
+            replacement: None,
         }
     }
 
@@ -203,9 +229,33 @@ impl Guarded {
         self.activity.publish(state, head);
         self.parked = true;
         self.published = state;
-        if kind == Wait::Head {
-            self.heads.head_waiting();
+        self.signals.parked();
+    }
+
+    /// Bytes of a head after `started` requests have been read.
+    fn head_bytes(&mut self, started: u32) {
+        if self.head.as_ref().is_some_and(|h| h.after != started) {
+            self.head = None; // the timed head arrived
         }
+        match &mut self.head {
+            None => {
+                self.head = Some(HeadClock {
+                    after: started,
+                    began: None,
+                    registered: false,
+                    received: true,
+                })
+            }
+            Some(h) => h.received = true,
+        }
+    }
+
+    /// Evicted, the connection serves its requests up to the `until`th first, the last
+    /// answered with `Connection: close`, and tells the admission, which evicts another.
+    fn reprieve_until(&mut self, until: u32) {
+        self.reprieve = Some(until);
+        self.special = true;
+        self.signals.reprieved(Arc::as_ptr(&self.activity));
     }
 
     /// Takes the connection back from the admission before reading; notes if it was evicted.
@@ -293,8 +343,27 @@ impl AsyncRead for Guarded {
             return Poll::Ready(Ok(())); // end of stream: no request in progress, closing
         }
         this.unpark();
-        if !busy && this.evicted {
-            return Poll::Ready(Ok(())); // end of stream: closed to make room for another
+        if this.evicted {
+            // Closed to make room for another: at once, unless a request has begun or come.
+            match this.reprieve {
+                None if busy => this.reprieve_until(started),
+                None => {
+                    let before = buf.filled().len();
+                    return match Pin::new(&mut this.io).poll_read(cx, buf) {
+                        Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                            this.reprieve_until(started + 1);
+                            this.head_bytes(started);
+                            Poll::Ready(Ok(()))
+                        }
+                        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                        // End of stream: nothing came, and a request sent from now on finds
+                        // the connection closed before the service read any of it.
+                        _ => Poll::Ready(Ok(())),
+                    };
+                }
+                Some(until) if !busy && started >= until => return Poll::Ready(Ok(())),
+                Some(_) => {}
+            }
         }
         if this.head.as_ref().is_some_and(|h| h.after != started) {
             this.head = None; // the timed head arrived
@@ -332,20 +401,109 @@ impl AsyncRead for Guarded {
         }
         ready!(read)?;
         if !busy && buf.filled().len() > before {
-            match &mut this.head {
-                None => {
-                    this.head = Some(HeadClock {
-                        after: started,
-                        began: None,
-                        registered: false,
-                        received: true,
-                    })
+            this.head_bytes(started);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Guarded {
+    /// Called when a message begins after everything written so far was flushed: whether
+    /// it may be unusual (see [`Guarded::write_unusual`]). An answer of the service's begins
+    /// after its request finished, so after more requests finished than had at the flush.
+    #[inline]
+    fn may_be_unusual(&self) -> bool {
+        self.special || self.activity.finished() == self.answered
+    }
+
+    /// A message that may not be an ordinary answer going out, from `bufs`: hyper's own answer
+    /// to a head it could not parse (no request finished since the last flush, and none is in
+    /// progress, which would make it an interim 100 Continue) is replaced by the service's;
+    /// the answer after which a reprieved connection closes gets `Connection: close`. Either
+    /// goes out from `replacement`, and `bufs` are reported written.
+    #[cold]
+    #[inline(never)]
+    fn write_unusual(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.replacement.is_some() {
+            ready!(self.poll_replacement(cx))?;
+        }
+        let (started, busy) = self.activity.progress();
+        let finished = started - u32::from(busy);
+        let head = bufs.iter().find(|b| !b.is_empty());
+        let answer = match head {
+            Some(_) if finished != self.answered => self
+                .reprieve
+                .filter(|&until| finished >= until)
+                .map(|_| closing(bufs)),
+            Some(head) if !busy => {
+                // Asked of the socket here rather than kept: this is rare, and every field of
+                // the connection is paid for by every connection.
+                let peer = self.io.peer_addr().unwrap_or(SocketAddr::from(([0; 4], 0)));
+                Some(crate::http::unparsed_answer(&self.app, head, peer))
+            }
+            _ => None,
+        };
+        if let Some(answer) = answer {
+            self.replacement = Some(Box::new((answer, 0)));
+            self.special = true;
+            // Sent as far as the socket takes it now; the rest at the flush that follows.
+            if let Poll::Ready(Err(e)) = self.poll_replacement(cx) {
+                return Poll::Ready(Err(e));
+            }
+            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
+        }
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.guard_write(cx, r)
+    }
+
+    /// Writes what is left of the replacement answer, if any.
+    fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some(pending) = &mut self.replacement {
+            let (bytes, done) = &mut **pending;
+            if *done == bytes.len() {
+                self.replacement = None;
+                break;
+            }
+            let r = Pin::new(&mut self.io).poll_write(cx, &bytes[*done..]);
+            match self.guard_write(cx, r) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    if let Some(pending) = &mut self.replacement {
+                        pending.1 += n;
+                    }
                 }
-                Some(h) => h.received = true,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
             }
         }
         Poll::Ready(Ok(()))
     }
+}
+
+/// The answer in `bufs` (hyper's head, then the body) with its head saying
+/// `Connection: close`: added, or in place of hyper's `keep-alive` (for an HTTP/1.0 client).
+fn closing(bufs: &[io::IoSlice<'_>]) -> Vec<u8> {
+    let mut out: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+    let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return out;
+    };
+    let head = &out[..end + 2];
+    match head.windows(14).position(|w| w == b"\r\nconnection: ") {
+        Some(at) => {
+            let value = at + 14;
+            if out[value..].starts_with(b"keep-alive") {
+                out.splice(value..value + 10, *b"close");
+            }
+        }
+        None => {
+            out.splice(end + 2..end + 2, *b"connection: close\r\n");
+        }
+    }
+    out
 }
 
 impl AsyncWrite for Guarded {
@@ -354,6 +512,9 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if std::mem::replace(&mut self.flushed, false) && self.may_be_unusual() {
+            return self.write_unusual(cx, &[io::IoSlice::new(buf)]);
+        }
         let r = Pin::new(&mut self.io).poll_write(cx, buf);
         self.guard_write(cx, r)
     }
@@ -363,6 +524,9 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if std::mem::replace(&mut self.flushed, false) && self.may_be_unusual() {
+            return self.write_unusual(cx, bufs);
+        }
         let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         self.guard_write(cx, r)
     }
@@ -372,12 +536,18 @@ impl AsyncWrite for Guarded {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.replacement.is_some() {
+            ready!(self.poll_replacement(cx))?;
+        }
         let r = Pin::new(&mut self.io).poll_flush(cx);
         let r = self.guard_write(cx, r);
         if let Poll::Ready(Ok(())) = r {
+            // Everything written is out: the next write begins a message.
+            self.flushed = true;
+            let (started, busy) = self.activity.progress();
+            self.answered = started - u32::from(busy);
             // hyper flushes after an answer, and need not read again before the next request
             // arrives: the connection may start waiting for its client here.
-            let (started, busy) = self.activity.progress();
             if !busy {
                 self.park(cx, started);
             }
@@ -386,6 +556,39 @@ impl AsyncWrite for Guarded {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.replacement.is_some() {
+            ready!(self.poll_replacement(cx))?;
+        }
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reprieved connection's last answer says `Connection: close`: added to the head, or in
+    /// place of `keep-alive`; a head that says `close` already, or a body that mentions it,
+    /// is left alone.
+    #[test]
+    fn the_last_answer_says_close() {
+        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n";
+        let close = |head: &[u8], body: &[u8]| {
+            let out = closing(&[io::IoSlice::new(head), io::IoSlice::new(body)]);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            close(head, b"{}"),
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}"
+        );
+        let ka = b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\n";
+        assert_eq!(
+            close(ka, b"{}"),
+            "HTTP/1.0 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{}"
+        );
+        let closed = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\n";
+        assert_eq!(close(closed, b"{}"), String::from_utf8_lossy(closed) + "{}");
+        let body = b"\r\nconnection: keep-alive\r\n";
+        assert!(close(head, body).ends_with("\r\n\r\n\r\nconnection: keep-alive\r\n"));
     }
 }

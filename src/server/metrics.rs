@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use super::activity::{Activity, HeadSignal};
+use super::activity::{Activity, Signals};
 use super::conn::Guarded;
 use super::{ACCEPT_BACKOFF, Listener, per_connection};
 use crate::app::App;
@@ -37,7 +37,7 @@ pub async fn serve_metrics(listener: TcpListener, app: Arc<App>) {
     // The socket keeps the head timeout (see `conn::Guarded`).
     http.header_read_timeout(None).keep_alive(true);
     // Never given to an admission: these connections are never evicted.
-    let heads = Arc::new(HeadSignal::default());
+    let signals = Arc::new(Signals::default());
     loop {
         // Accept only with a free slot: beyond them, scrapers wait in the listen backlog.
         let slot = Arc::clone(&slots)
@@ -55,7 +55,7 @@ pub async fn serve_metrics(listener: TcpListener, app: Arc<App>) {
             }
         };
         let activity = Arc::new(Activity::new());
-        let io = Guarded::new(stream, Arc::clone(&activity), &app, Arc::clone(&heads));
+        let io = Guarded::new(stream, Arc::clone(&activity), &app, Arc::clone(&signals));
         let service = super::service(Arc::clone(&app), activity, peer, Listener::Metrics);
         let conn = http.serve_connection(TokioIo::new(io), service);
         tokio::spawn(async move {

@@ -97,7 +97,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
         };
         // Small JSON answers: don't let Nagle hold them back.
         let _ = stream.set_nodelay(true);
-        let io = Guarded::new(stream, Arc::clone(&activity), &app, admission.heads());
+        let io = Guarded::new(stream, Arc::clone(&activity), &app, admission.signals());
         let service = service(Arc::clone(&app), activity, peer, Listener::Api);
         let conn = http.serve_connection(TokioIo::new(io), service);
         let app = Arc::clone(&app);

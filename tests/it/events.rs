@@ -168,6 +168,82 @@ async fn bad_text_is_400_with_line_and_column() {
     }
 }
 
+/// The refusals the body's header fields and numbers earn name what was refused: a content
+/// coding (415 with `Accept-Encoding: identity`, which a 415 for the media type lacks), a
+/// transfer coding (501, closing), `chunked` twice and `Content-Type` twice (400), and a
+/// number longer than 1000 characters (422, where it starts). Nothing is stored.
+#[tokio::test]
+async fn codings_repeated_fields_and_long_numbers_are_refused_by_name() {
+    let srv = support::start_server().await;
+    let event = r#"{"type":"t"}"#;
+    let post = |fields: &str, body: &str| {
+        format!("POST /events HTTP/1.1\r\nHost: t\r\n{fields}\r\n{body}").into_bytes()
+    };
+    let json = "Content-Type: application/json\r\n";
+    let gzip = post(
+        &format!("{json}Content-Encoding: gzip\r\nContent-Length: 12\r\n"),
+        event,
+    );
+    let r = kit::send_raw(srv.addr, &gzip).await.expect("an answer");
+    assert_eq!(r.status, 415);
+    assert_eq!(
+        r.json()["error"],
+        "content coding \"gzip\" is not supported; send the body without Content-Encoding"
+    );
+    assert_eq!(r.header("accept-encoding"), Some("identity"));
+    let text = post("Content-Type: text/plain\r\nContent-Length: 12\r\n", event);
+    let r = kit::send_raw(srv.addr, &text).await.expect("an answer");
+    assert_eq!(r.status, 415);
+    assert_eq!(r.header("accept-encoding"), None, "a media type 415");
+
+    let chunked = "c\r\n{\"type\":\"t\"}\r\n0\r\n\r\n";
+    let mut conn = kit::Conn::open(srv.addr).await.unwrap();
+    let te = post(
+        &format!("{json}Transfer-Encoding: br, chunked\r\n"),
+        chunked,
+    );
+    let r = conn.roundtrip(&te).await.response().expect("an answer");
+    assert_eq!(r.status, 501);
+    assert_eq!(
+        r.json()["error"],
+        "transfer coding \"br\" is not supported; send the body chunked or with a Content-Length"
+    );
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(conn.closes_within(HANG).await, "the 501 closes");
+    let twice = post(
+        &format!("{json}Transfer-Encoding: chunked, chunked\r\n"),
+        chunked,
+    );
+    let r = kit::send_raw(srv.addr, &twice).await.expect("an answer");
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json()["error"],
+        "the chunked transfer coding is applied more than once"
+    );
+    let two_types = post(
+        &format!("{json}Content-Type: text/plain\r\nContent-Length: 12\r\n"),
+        event,
+    );
+    let r = kit::send_raw(srv.addr, &two_types)
+        .await
+        .expect("an answer");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"], "Content-Type is given more than once");
+
+    let long = format!("{{\"type\":\"t\",\"data\":[1,{}]}}", "7".repeat(1001));
+    let r = kit::post_event(srv.addr, &long).await;
+    assert_eq!(r.status, 422);
+    assert_eq!(
+        r.json()["error"],
+        "number longer than 1000 characters at line 1 column 23"
+    );
+    let records = srv.records().await;
+    assert!(
+        !records.iter().any(|r| r["msg"] == "event"),
+        "nothing stored"
+    );
+}
+
 /// Every answer, from every route and every error, says `Cache-Control: no-store` and
 /// `X-Content-Type-Options: nosniff`.
 #[tokio::test]
