@@ -62,11 +62,7 @@ impl Metrics {
             Method::POST => 2,
             _ => 3,
         };
-        let status = STATUSES[..STATUSES.len() - 1]
-            .iter()
-            .position(|&s| s == status)
-            .unwrap_or(STATUSES.len() - 1);
-        let series = (route * METHODS.len() + method) * STATUSES.len() + status;
+        let series = (route * METHODS.len() + method) * STATUSES.len() + status_index(status);
         self.requests[series].fetch_add(1, Ordering::Relaxed);
         self.durations[route].observe(micros(duration));
     }
@@ -74,18 +70,23 @@ impl Metrics {
     /// Counts a request whose head the HTTP parser refused, answered with `status`: route and
     /// method `other` (none could be read), and no duration (the service did no work for it).
     pub(crate) fn unparsed(&self, status: u16) {
-        let status = STATUSES[..STATUSES.len() - 1]
-            .iter()
-            .position(|&s| s == status)
-            .unwrap_or(STATUSES.len() - 1);
         let other = (ROUTES.len() - 1) * METHODS.len() + METHODS.len() - 1;
-        self.requests[other * STATUSES.len() + status].fetch_add(1, Ordering::Relaxed);
+        self.requests[other * STATUSES.len() + status_index(status)]
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts an event acknowledged `wait` after its record was handed to the sink.
     pub(crate) fn event_written(&self, wait: Duration) {
         self.event_writes.observe(micros(wait));
     }
+}
+
+/// Where `status` is in [`STATUSES`]: its own place, or the last (`other`).
+fn status_index(status: u16) -> usize {
+    STATUSES[..STATUSES.len() - 1]
+        .iter()
+        .position(|&s| s == status)
+        .unwrap_or(STATUSES.len() - 1)
 }
 
 fn micros(d: Duration) -> u64 {
