@@ -37,6 +37,9 @@ SHIPPING=$REPO/deploy/shipping
 RATE=${SHIP_RATE:-300}
 DURATION=${SHIP_SECONDS:-24}
 MODE=${SHIP_MODE:-inotify}
+DOCKER=${DOCKER:-docker}
+# Any Debian bookworm image will do as the shipper's base; the Rust builder is one.
+DEBIAN_IMAGE=${SHIP_DEBIAN_IMAGE:-${BUILDER_IMAGE:-debian:bookworm-slim}}
 started=$SECONDS
 
 # ---- what it needs --------------------------------------------------------------------------
@@ -62,7 +65,7 @@ fi
 
 WORK=$(mktemp -d /tmp/api-shipping.XXXXXX)
 chmod 755 "$WORK"   # PostgreSQL's user must reach its data directory inside
-api_pid='' rsyslog_pid='' pg_pid='' load_pid=''
+api_pid='' rsyslog_pid='' pg_pid='' load_pid='' container='' image_built=''
 
 # stop_pid PID SIGNAL: sends it, waits up to 15 s, then SIGKILL.
 stop_pid() {
@@ -87,6 +90,8 @@ cleanup() {
   stop_pid "$rsyslog_pid" TERM
   stop_pid "$api_pid" TERM
   stop_pid "$pg_pid" INT     # fast shutdown
+  if [ -n "$container" ]; then "$DOCKER" rm -f "$container" >/dev/null 2>&1; fi
+  if [ -n "$image_built" ]; then "$DOCKER" rmi "$IMAGE" >/dev/null 2>&1; fi
   if [ "$rc" -ne 0 ] || [ "$failed" -ne 0 ]; then
     for f in "$WORK"/rsyslog.out "$WORK"/pg/server.log; do
       [ -s "$f" ] && { echo "---- last lines of ${f#"$WORK"/}"; tail -n 15 "$f"; }
@@ -305,7 +310,70 @@ while IFS= read -r line; do
   esac
 done <"$WORK/verify2.out"
 figure "retention: $deleted files deleted by LOG_KEEP while the shipper was down"
+stop_pid "$rsyslog_pid" TERM; rsyslog_pid=''
+stop_pid "$api_pid" TERM; api_pid=''
 
-figure "cost: $((SECONDS - started))s in all (PostgreSQL and rsyslog on the host, the debug build)"
+# ---- 3. the image ---------------------------------------------------------------------------------
+note "3. the image: deploy/shipping/Dockerfile, run as compose.shipping.yaml runs it"
+if ! "$DOCKER" info >/dev/null 2>&1; then
+  skip "the shipper image: no Docker engine answers"
+else
+  sql -c 'TRUNCATE events, rejected_lines' || die "empty the table"
+  IMAGE=api-shipping-test:$$
+  build_t0=$(now)
+  if timeout 900 "$DOCKER" build -q --build-arg DEBIAN_IMAGE="$DEBIAN_IMAGE" \
+    -t "$IMAGE" "$SHIPPING" >"$WORK/build.out" 2>&1; then
+    image_built=1
+    pass "the image builds from $DEBIAN_IMAGE ($(secs "$build_t0" "$(now)")s)"
+  else
+    tail -n 20 "$WORK/build.out"
+    die "docker build deploy/shipping"
+  fi
+  LOGS3=$WORK/logs3
+  api_start "$LOGS3" 256KiB 1000 || die "the service did not start (see $LOGS3.err)"
+  mkdir -p "$WORK/state3"
+  chown 10002:10001 "$WORK/state3" 2>/dev/null || chmod 777 "$WORK/state3"
+  printf '%s\n' "$SHIPPER_PW" >"$WORK/shipper-password"
+  chmod 644 "$WORK/shipper-password"
+  # As compose.shipping.yaml runs it (read-only, no capabilities, the logs read only, the
+  # password as a file), on the host's network to reach the test's PostgreSQL on 127.0.0.1.
+  container=api-shipping-test-$$
+  run_shipper() {
+    "$DOCKER" run -d --name "$container" --network host --read-only --cap-drop ALL \
+      --security-opt no-new-privileges:true --memory 64m --pids-limit 32 \
+      -v "$LOGS3:/logs:ro" -v "$WORK/state3:/var/lib/api-shipper" \
+      -v "$WORK/shipper-password:/run/secrets/shipper-password:ro" \
+      -e PGHOST=127.0.0.1 -e PGPORT="$PG_PORT" -e PGUSER=shipper -e PGDATABASE=events \
+      -e PGPASSWORD_FILE=/run/secrets/shipper-password "$IMAGE" >/dev/null
+  }
+  run_shipper || die "docker run the shipper"
+  python3 "$REPO/scripts/shipping/load.py" --url "$API_URL" --out "$WORK/load3.json" \
+    --conns 2 --rate 200 --duration 4 --big-every 50 &
+  load_pid=$!
+  sleep 2
+  kill_and_start() { "$DOCKER" kill "$container" >/dev/null && "$DOCKER" start "$container" >/dev/null; }
+  check "the shipper's container killed (SIGKILL) and started again" kill_and_start
+  wait "$load_pid"
+  load_pid=''
+  acked3=$(acked_count "$WORK/load3.json")
+  drain "$acked3" 60 >/dev/null
+  check "the container runs as $("$DOCKER" inspect -f '{{.Config.User}}' "$container"), not root" \
+    [ "$("$DOCKER" inspect -f '{{.Config.User}}' "$container")" = 10002:10001 ]
+  mem=$("$DOCKER" stats --no-stream --format '{{.MemUsage}}' "$container")
+  dump_table "$WORK/table3.tsv" || die "read the table"
+  python3 "$REPO/scripts/shipping/verify.py" all "$WORK/load3.json" "$LOGS3" "$WORK/table3.tsv" >"$WORK/verify3.out"
+  while IFS= read -r line; do
+    case $line in
+      PASS\ *) pass "image: ${line#PASS }" ;;
+      FAIL\ *) fail "image: ${line#FAIL }" ;;
+      FIGURE\ *) figure "image: ${line#FIGURE }" ;;
+      *) echo "$line" ;;
+    esac
+  done <"$WORK/verify3.out"
+  added=$(($("$DOCKER" image inspect -f '{{.Size}}' "$IMAGE") - $("$DOCKER" image inspect -f '{{.Size}}' "$DEBIAN_IMAGE")))
+  figure "image: $((added / 1048576)) MiB on top of its Debian base; the shipper's memory after the run: $mem"
+fi
+
+figure "cost: $((SECONDS - started))s in all"
 report_checks
 [ "$failed" -eq 0 ]

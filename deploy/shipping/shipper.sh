@@ -49,4 +49,5 @@ for s in "$SHIPPER_STATE_DIR"/imfile-state:*; do
   rm -f -- "$s"
 done
 
-exec rsyslogd -n -iNONE -f "$SHIPPER_CONF"
+# Arguments go to rsyslogd: -N1 checks the configuration and exits.
+exec rsyslogd -n -iNONE -f "$SHIPPER_CONF" "$@"
