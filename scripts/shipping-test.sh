@@ -27,6 +27,8 @@
 #   SHIP_PG_USER  [postgres, else nobody]  the user PostgreSQL runs as when this runs as root
 #   SHIP_RATE [300], SHIP_SECONDS [24]     the load of part 1: events per second, duration
 #   SHIP_MODE [inotify]                    imfile's mode (polling: as on network file systems)
+#   SHIP_CONF, SHIP_SCHEMA [deploy/shipping/rsyslog.conf, schema.sql]  variants to try
+#   SHIP_DEBIAN_IMAGE [BUILDER_IMAGE, else debian:bookworm-slim]  the image's base
 #   CARGO_TARGET_DIR                       where cargo builds the service
 set -uo pipefail
 # shellcheck source=scripts/lib.sh
@@ -37,6 +39,8 @@ SHIPPING=$REPO/deploy/shipping
 RATE=${SHIP_RATE:-300}
 DURATION=${SHIP_SECONDS:-24}
 MODE=${SHIP_MODE:-inotify}
+CONF=${SHIP_CONF:-$SHIPPING/rsyslog.conf}
+SCHEMA=${SHIP_SCHEMA:-$SHIPPING/schema.sql}
 DOCKER=${DOCKER:-docker}
 # Any Debian bookworm image will do as the shipper's base; the Rust builder is one.
 DEBIAN_IMAGE=${SHIP_DEBIAN_IMAGE:-${BUILDER_IMAGE:-debian:bookworm-slim}}
@@ -136,9 +140,9 @@ as_pg "$PG_BIN/initdb" -D "$WORK/pg/data" -U postgres -A scram-sha-256 --pwfile=
 pg_start || die "PostgreSQL did not start on 127.0.0.1:$PG_PORT"
 PGPASSWORD=$PG_SUPER psql -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -c 'CREATE DATABASE events' ||
   die "create the database"
-sql -f "$SHIPPING/schema.sql" 2>"$WORK/schema.err" || { cat "$WORK/schema.err"; die "schema.sql"; }
+sql -f "$SCHEMA" 2>"$WORK/schema.err" || { cat "$WORK/schema.err"; die "$SCHEMA"; }
 sql -c "ALTER ROLE shipper PASSWORD '$SHIPPER_PW'" || die "the shipper's password"
-pass "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PG_PORT, schema.sql applied"
+pass "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PG_PORT, ${SCHEMA#"$REPO"/} applied"
 
 # ---- the service ----------------------------------------------------------------------------
 note "build"
@@ -167,7 +171,7 @@ api_start() {
 shipper_start() {
   mkdir -p "$2"
   SHIPPER_LOG_GLOB="$1/api*.log" SHIPPER_STATE_DIR=$2 SHIPPER_MODE=$MODE \
-    SHIPPER_CONF="$SHIPPING/rsyslog.conf" PGHOST=127.0.0.1 PGPORT=$PG_PORT PGUSER=shipper \
+    SHIPPER_CONF=$CONF PGHOST=127.0.0.1 PGPORT=$PG_PORT PGUSER=shipper \
     PGDATABASE=events PGPASSWORD=$SHIPPER_PW "$SHIPPING/shipper.sh" >>"$WORK/rsyslog.out" 2>&1 &
   rsyslog_pid=$!
 }
@@ -185,12 +189,16 @@ dump_table() {
     echo "#rejected $(sql -c 'SELECT count(*) FROM rejected_lines')" >>"$1"
 }
 # drain WANT SECS: waits until the table holds WANT rows, polling every 0.2 s, at most SECS
-# (so at most 5 x SECS polls); prints the seconds it took.
+# (so at most 5 x SECS polls), and gives up after 15 s without a new row; prints the seconds
+# it took.
 drain() {
-  local t0 i end=$((SECONDS + $2))
+  local t0 i n last=-1 since=$SECONDS end=$((SECONDS + $2))
   t0=$(now)
   for ((i = 0; i < $2 * 5 && SECONDS <= end; i++)); do
-    [ "$(shipped)" -ge "$1" ] && break
+    n=$(shipped)
+    [ "$n" -ge "$1" ] && break
+    if [ "$n" != "$last" ]; then last=$n since=$SECONDS; fi
+    [ $((SECONDS - since)) -ge 15 ] && break
     sleep 0.2
   done
   secs "$t0" "$(now)"
@@ -222,16 +230,14 @@ pg_up=$(secs "$load_t0" "$(now)")
 pg_start || die "PostgreSQL did not start again"
 sleep "$pace"; crash; sleep 1; shipper_start "$LOGS" "$WORK/state"
 sleep "$pace"
+# The lag while shipping keeps up (the table read first: an upper bound).
+in_table=$(shipped)
+steady_lag=$(($(accepted) - in_table))
 # Refused writes: every insert fails (a constraint no row meets) for a few seconds.
 sql -c 'ALTER TABLE events ADD CONSTRAINT shipping_test_refuse CHECK (false) NOT VALID' || fail "refuse writes"
 sleep 3
 sql -c 'ALTER TABLE events DROP CONSTRAINT shipping_test_refuse' || fail "accept writes again"
-sleep "$pace"
-# The lag while shipping keeps up; then a last crash, and the shipper stays down until the
-# load ends: a backlog to measure the drain on.
-# (The table first: the figure is then an upper bound of the lag.)
-in_table=$(shipped)
-steady_lag=$(($(accepted) - in_table))
+# A last crash, and the shipper stays down until the load ends: a backlog to drain.
 crash
 down_t0=$(now)
 wait "$load_pid"
@@ -241,9 +247,22 @@ acked=$(acked_count "$WORK/load.json")
 lag=$((acked - $(shipped)))
 down_s=$(secs "$down_t0" "$(now)")
 shipper_start "$LOGS" "$WORK/state"
-drain_s=$(drain "$acked" 300)
+drain_s=$(drain "$acked" 120)
 check "the shipper caught up: $(shipped) of $acked events in the table after ${drain_s}s" \
   [ "$(shipped)" -ge "$acked" ]
+# The shipper's own account (`api-shipper status`): once idle, nothing behind in any file.
+status() {
+  SHIPPER_LOG_GLOB="$LOGS/api*.log" SHIPPER_STATE_DIR=$WORK/state "$SHIPPING/shipper.sh" status
+}
+# nothing_behind FILE: some files listed, none with bytes behind.
+nothing_behind() { awk -F'\t' 'NR > 1 && $4 != 0 { behind = 1 } END { exit behind || NR < 2 }' "$1"; }
+for ((i = 0; i < 50; i++)); do
+  status >"$WORK/status.tsv"
+  nothing_behind "$WORK/status.tsv" && break
+  sleep 0.1
+done
+check "api-shipper status: all $(($(wc -l <"$WORK/status.tsv") - 1)) files shipped to their end" \
+  nothing_behind "$WORK/status.tsv"
 dump_table "$WORK/table.tsv" || die "read the table"
 python3 "$REPO/scripts/shipping/verify.py" all "$WORK/load.json" "$LOGS" "$WORK/table.tsv" >"$WORK/verify.out"
 while IFS= read -r line; do
@@ -262,7 +281,7 @@ check "the refused writes reached ship_event, which waited ($retries retries) in
 rotations=$(find "$LOGS" -name 'api-*.*Z.log' | wc -l)
 check "the service rotated its log ($rotations rotated files of 256 KiB)" [ "$rotations" -ge 3 ]
 check "rsyslog was killed while running ($crashes times)" [ "$crashes" -ge 4 ]
-figure "load: $acked events in ${load_seconds}s (4 connections, at most $RATE/s), $rotations rotations, $crashes SIGKILLs of rsyslog, PostgreSQL down 4s, writes refused 3s"
+figure "load: $acked events in ${load_seconds}s (4 connections, at most $RATE/s), $rotations rotations, $crashes SIGKILLs of rsyslog, PostgreSQL down $(python3 -c "print(round($pg_up - $pg_down, 1))")s, writes refused 3s"
 figure "lag: at most $steady_lag events behind while shipping under load; at the end of the load, after the shipper's last ${down_s}s down, $lag, drained in ${drain_s}s$(
   [ "$lag" -gt 0 ] && python3 -c "print(f' ({$lag / max($drain_s, 0.01):.0f} events/s)')")"
 stop_pid "$rsyslog_pid" TERM; rsyslog_pid=''

@@ -2,6 +2,9 @@
 # The shipper's entry point: tidies rsyslog's record of how far it read each log file, then
 # runs rsyslog in the foreground with rsyslog.conf. The image's ENTRYPOINT; also run as is by
 # scripts/shipping-test.sh.
+#   api-shipper [rsyslogd options]   ship (-N1: only check the configuration)
+#   api-shipper status               for each log file: its size, the offset rsyslog has
+#                                    recorded as shipped, and the bytes behind
 #
 # Environment (defaults in brackets): SHIPPER_LOG_GLOB [/logs/api*.log], SHIPPER_STATE_DIR
 # [/var/lib/api-shipper], SHIPPER_MODE [inotify] (see rsyslog.conf), SHIPPER_MAX_LINE [66560]
@@ -16,6 +19,27 @@ set -eu
 : "${SHIPPER_MAX_LINE:=66560}"
 : "${SHIPPER_CONF:=/etc/api-shipper/rsyslog.conf}"
 export SHIPPER_LOG_GLOB SHIPPER_STATE_DIR SHIPPER_MODE SHIPPER_MAX_LINE
+
+# state_offset FILE: the offset recorded for FILE (by its inode), or nothing.
+state_offset() {
+  for s in "$SHIPPER_STATE_DIR/imfile-state:$(stat -c %i -- "$1")" \
+    "$SHIPPER_STATE_DIR/imfile-state:$(stat -c %i -- "$1")":*; do
+    if [ -f "$s" ]; then sed -n 's/.*"curr_offs": *\([0-9][0-9]*\).*/\1/p' "$s"; return; fi
+  done
+}
+
+# rsyslog records an offset after the lines before it are committed, so "behind" is at most
+# what is still to ship (and exactly that once the shipper is idle).
+if [ "${1:-}" = status ]; then
+  printf 'file\tbytes\tshipped\tbehind\n'
+  for f in $SHIPPER_LOG_GLOB; do
+    [ -f "$f" ] || continue
+    size=$(stat -c %s -- "$f")
+    offset=$(state_offset "$f")
+    printf '%s\t%s\t%s\t%s\n' "$f" "$size" "${offset:-0}" "$((size - ${offset:-0}))"
+  done
+  exit 0
+fi
 
 if [ -n "${PGPASSWORD_FILE:-}" ]; then
   PGPASSWORD=$(cat "$PGPASSWORD_FILE")

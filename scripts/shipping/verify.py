@@ -143,8 +143,12 @@ def retention_mode(args):
           + (f"{state[0][3]} (inode {state[0][0]}) read to offset {state[0][1]} of its "
              f"{state[0][2]} bytes, nothing else; that file was deleted during the outage"
              if len(state) == 1 else f"{len(state)} files"))
+    files = set(where[i] for i in kept)
     figure(f"retention: {len(out)} events while the shipper was down, {len(lost)} lost with the "
-           f"deleted files, {len(kept)} shipped from the {len(set(where[i] for i in kept))} files left")
+           f"deleted files, {len(kept)} shipped from the {len(files)} files left")
+    size = sum(os.path.getsize(os.path.join(args.log_dir, f)) for f in files)
+    figure(f"the service wrote {size / max(len(kept), 1):.0f} bytes per event of this load "
+           f"(its event and access records, in the files left)")
 
 
 def state_mode(args):
