@@ -130,6 +130,8 @@ def retention_mode(args):
     # One connection: the answers' order is the records' order, so the deleted files held
     # the first events of the outage, and the files left the rest.
     check(out[:len(gone)] == gone, "the lost events are the outage's first ones, in one run")
+    extra = [i for i in rows if i not in set(pre) | set(out)]
+    check(not extra, f"nothing in the table that was not sent ({len(extra)})")
     check(rejected == 0, f"no line rejected by ship_event ({rejected})")
     # The shipper's state when it went down: one file, read to its end, and that file is
     # gone now (no file left starts with its first line).
