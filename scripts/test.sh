@@ -44,6 +44,8 @@ step "Kubernetes manifests (kustomize render, schemas, restricted profile, check
 scripts/lint-kubernetes.sh
 step "Prometheus: alert rules (promtool), the exposition, a real Prometheus scraping it"
 scripts/prometheus-test.sh
+step "log shipping: rsyslog into PostgreSQL, at least once across crashes and outages"
+scripts/shipping-test.sh
 
 if "${DOCKER:-docker}" info >/dev/null 2>&1; then
   step "container lint (hadolint, compose schema)"
