@@ -10,7 +10,8 @@
 #   4. run checkov on the same files: nothing may fail; each skip is a `checkov.io/skipN`
 #      annotation on its object carrying its one-line reason, printed below;
 #   5. render the monitoring overlay (deploy/prometheus/kubernetes) and check its PodMonitor
-#      and PrometheusRule against the base and deploy/prometheus/rules.yml.
+#      and PrometheusRule against the base and deploy/prometheus/rules.yml;
+#   6. render the shipping overlay (deploy/shipping/kubernetes): schemas and checkov.
 # Each check is then run against broken copies of the rendered output and must fail on
 # each of them, so a checker that passes everything cannot pass this script.
 #
@@ -27,6 +28,7 @@ base=deploy/kubernetes
 tools_pod=deploy/kubernetes/tools/log-reader.yaml
 monitoring=deploy/prometheus/kubernetes
 rules=deploy/prometheus/rules.yml
+shipping=deploy/shipping/kubernetes
 versions=${K8S_VERSIONS:-1.32.0 1.37.0}
 kubectl=${KUBECTL:-kubectl}
 
@@ -477,4 +479,26 @@ if python3 -c "$monitoring_check" "$work/monitoring-broken.yaml" "$rules" >"$wor
 fi
 echo "PASS (self-test) a PodMonitor naming a port the pods lack is rejected"
 
-printf '\nPASS lint-kubernetes: %s objects rendered, schemas (%s), restricted field check, checkov, monitoring overlay\n' "$count" "$versions"
+# ---- 6. the shipping overlay -----------------------------------------------------------------
+# deploy/shipping/kubernetes: the base plus the log shipper. Its objects are the Kubernetes
+# schemas' own kinds, so the same schema check and checkov apply.
+step "shipping overlay: $kubectl kustomize $shipping"
+mkdir "$work/shipping"
+"$kubectl" kustomize "$shipping" >"$work/shipping/rendered.yaml" || die "kubectl kustomize $shipping"
+shipping_count=$(python3 -c '
+import sys, yaml
+print(sum(1 for d in yaml.safe_load_all(open(sys.argv[1])) if d))' "$work/shipping/rendered.yaml")
+for v in $versions; do
+  out=$(kubernetes-validate --strict --quiet -k "$v" "$work/shipping/rendered.yaml" 2>&1) \
+    || { printf '%s\n' "$out"; die "the shipping overlay against the Kubernetes $v schemas"; }
+  echo "PASS $shipping_count objects of the shipping overlay valid against the Kubernetes $v schemas (strict)"
+done
+status=0
+run_checkov "$work/shipping" || status=$?
+if ! report || [ "$status" -ne 0 ]; then
+  cat "$work/checkov.err" >&2
+  die "checkov on the shipping overlay (exit $status)"
+fi
+echo "PASS checkov on the shipping overlay"
+
+printf '\nPASS lint-kubernetes: %s objects rendered, schemas (%s), restricted field check, checkov, monitoring and shipping overlays\n' "$count" "$versions"
