@@ -12,13 +12,17 @@
 //! - `http`: the one router (`match` over method and path) and a file per handler (`info`,
 //!   `health`, `events`), the envelope every request passes through (request id, head checks,
 //!   client address, access record), the body's framing and coding fields, errors as JSON
-//!   answers, the answer to a head hyper could not parse, and bodies.
+//!   answers, the answer to a head hyper could not parse, and bodies; apart from the router,
+//!   `GET /metrics` of the metrics listener and the exposition it writes.
 //! - [`App`]: the state every connection shares (settings, log sink, ids, counters, the
 //!   shutdown phase).
 //! - [`shutdown`]: shutdown requests and the one state of its phases; `signals` turns
 //!   SIGTERM/SIGINT into requests and SIGHUP into a log reopen.
-//! - [`logging`]: the log file's sink (writer thread, group commit), the file, the access and
-//!   event record formats, the JSON writer, and fern for diagnostics.
+//! - `metrics`: what the request path counts for Prometheus, and what `/proc` says.
+//! - [`logging`]: the log file's sink (writer thread, group commit, rotation and retention),
+//!   the file, the access and event record formats, the JSON writer, what the writer counts,
+//!   and fern for diagnostics.
+//! - `histogram`: a histogram kept in atomics, for the metrics and the log writer.
 //! - `rawjson`: the request body scanner (checks, minifies, refuses duplicate keys; never
 //!   re-encodes).
 //! - `ids`: request and event identifiers.

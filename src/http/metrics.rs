@@ -7,8 +7,8 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::body::{self, Body};
 use super::error::ApiError;
+use super::exposition::{CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, render};
 use crate::app::App;
-use crate::metrics::{CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, render};
 
 /// Answers a request to the metrics listener.
 pub(crate) fn metrics(app: &App, req: &Request<Incoming>) -> Response<Body> {

@@ -17,6 +17,7 @@ mod body;
 mod envelope;
 mod error;
 mod events;
+mod exposition;
 mod framing;
 mod health;
 mod info;

@@ -1,8 +1,8 @@
 //! Numbers for Prometheus. [`Metrics`] holds what the request path counts, in atomics (no
-//! lock, no allocation); a scrape reads them together with what the rest of the service
-//! already keeps (the sink's write counters, the connection cap's, `/proc`) and writes the
-//! text format ([`expose`]). Off unless `METRICS_PORT` is set, and then the request path
-//! counts nothing: `App::metrics` is `None`.
+//! lock, no allocation), and [`Process`] what `/proc` says of the process; a scrape reads
+//! them together with what the rest of the service already keeps (the sink's write
+//! counters, the connection cap's) and writes them out (`http::exposition`). Off unless
+//! `METRICS_PORT` is set, and then the request path counts nothing: `App::metrics` is `None`.
 //!
 //! Label values are bounded: a route is one of the three or `other`, never the raw path; a
 //! method one of those the routes take or `other`; a status one the service answers with.
@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use hyper::Method;
 
-mod expose;
 mod process;
 
+use crate::histogram::Snapshot;
 use crate::histogram::{DURATION_BOUNDS_US, Histogram};
-pub(crate) use expose::{CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, render};
+pub(crate) use process::Process;
 
 /// The routes as labels; anything else is `other`.
 const ROUTES: [&str; 4] = ["/", "/health", "/events", "other"];
@@ -73,6 +73,35 @@ impl Metrics {
         let other = (ROUTES.len() - 1) * METHODS.len() + METHODS.len() - 1;
         self.requests[other * STATUSES.len() + status_index(status)]
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every series of requests: route, method, code (`None`: one not in the list) and count.
+    pub(crate) fn requests(
+        &self,
+    ) -> impl Iterator<Item = (&'static str, &'static str, Option<u16>, u64)> + '_ {
+        let series = ROUTES.iter().flat_map(|r| {
+            METHODS.iter().flat_map(move |m| {
+                STATUSES
+                    .iter()
+                    .map(move |&s| (*r, *m, (s != 0).then_some(s)))
+            })
+        });
+        series
+            .zip(self.requests.iter())
+            .map(|((r, m, s), n)| (r, m, s, n.load(Ordering::Relaxed)))
+    }
+
+    /// Each route's request durations.
+    pub(crate) fn durations(&self) -> impl Iterator<Item = (&'static str, Snapshot)> + '_ {
+        ROUTES
+            .iter()
+            .copied()
+            .zip(self.durations.iter().map(Histogram::snapshot))
+    }
+
+    /// The event write times.
+    pub(crate) fn event_writes(&self) -> Snapshot {
+        self.event_writes.snapshot()
     }
 
     /// Counts an event acknowledged `wait` after its record was handed to the sink.

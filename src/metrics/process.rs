@@ -8,19 +8,19 @@ const TICKS_PER_SECOND: f64 = 100.0;
 
 /// What `/proc` says about this process.
 #[derive(Default)]
-pub(super) struct Process {
+pub(crate) struct Process {
     /// User and system CPU time, in seconds.
-    pub(super) cpu_seconds: Option<f64>,
-    pub(super) resident_bytes: Option<u64>,
-    pub(super) virtual_bytes: Option<u64>,
-    pub(super) open_fds: Option<u64>,
-    pub(super) max_fds: Option<u64>,
+    pub(crate) cpu_seconds: Option<f64>,
+    pub(crate) resident_bytes: Option<u64>,
+    pub(crate) virtual_bytes: Option<u64>,
+    pub(crate) open_fds: Option<u64>,
+    pub(crate) max_fds: Option<u64>,
     /// Since the Unix epoch, in seconds.
-    pub(super) start_time_seconds: Option<f64>,
+    pub(crate) start_time_seconds: Option<f64>,
 }
 
 impl Process {
-    pub(super) fn read() -> Process {
+    pub(crate) fn read() -> Process {
         let stat = fs::read_to_string("/proc/self/stat").ok();
         // The fields after the command name, which is in parentheses and may hold spaces.
         let fields: Vec<&str> = stat

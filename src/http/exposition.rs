@@ -1,5 +1,6 @@
-//! The exposition: every metric as the Prometheus text format (version 0.0.4) or, when the
-//! scraper asks for it, OpenMetrics 1.0. The two differ in three places, all handled by
+//! The exposition: every metric of the service (what the request path counts, the log
+//! writer's numbers, the connection cap's, `/proc`) as the Prometheus text format (version
+//! 0.0.4) or, when the scraper asks for it, OpenMetrics 1.0. The two differ in three places, all handled by
 //! [`Writer`]: a counter's family name (OpenMetrics drops `_total` from it), the build info's
 //! type, and OpenMetrics' closing `# EOF`.
 
@@ -7,21 +8,20 @@ use std::fmt::{Display, Write as _};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::process::Process;
-use super::{METHODS, ROUTES, STATUSES};
 use crate::app::App;
 use crate::config::EventSync;
 use crate::histogram::Snapshot;
 use crate::logging::LogStats;
+use crate::metrics::Process;
 
 /// The content type of the text format.
-pub(crate) const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(super) const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// The content type of OpenMetrics.
-pub(crate) const CONTENT_TYPE_OPENMETRICS: &str =
+pub(super) const CONTENT_TYPE_OPENMETRICS: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Every metric of `app`, now.
-pub(crate) fn render(app: &App, open_metrics: bool) -> String {
+pub(super) fn render(app: &App, open_metrics: bool) -> String {
     let mut w = Writer {
         out: String::with_capacity(16 * 1024),
         open_metrics,
@@ -56,34 +56,22 @@ fn requests(w: &mut Writer, app: &App) {
         Kind::Counter,
         "Requests answered, by route, method and status code.",
     );
-    let mut series = m.requests.iter();
-    for route in ROUTES {
-        for method in METHODS {
-            for status in STATUSES {
-                let n = series.next().map_or(0, |c| c.load(Ordering::Relaxed));
-                // Only the combinations that happened: most never do (POST /health, say).
-                if n > 0 {
-                    let code = if status == 0 {
-                        "other".to_string()
-                    } else {
-                        status.to_string()
-                    };
-                    let labels = [("route", route), ("method", method), ("code", &code)];
-                    w.sample("http_requests_total", &labels, n);
-                }
-            }
-        }
+    // Only the combinations that happened: most never do (POST /health, say).
+    for (route, method, code, n) in m.requests().filter(|r| r.3 > 0) {
+        let code = code.map_or_else(|| "other".to_string(), |c| c.to_string());
+        let labels = [("route", route), ("method", method), ("code", &code)];
+        w.sample("http_requests_total", &labels, n);
     }
     w.family(
         "http_request_duration_seconds",
         Kind::Histogram,
         "Time from a request's head to its answer being ready, by route.",
     );
-    for (route, h) in ROUTES.iter().zip(&m.durations) {
+    for (route, h) in m.durations() {
         w.histogram(
             "http_request_duration_seconds",
             Some(("route", route)),
-            &h.snapshot(),
+            &h,
             true,
         );
     }
@@ -103,7 +91,7 @@ fn events(w: &mut Writer, app: &App) {
             Kind::Histogram,
             "Time from an event being taken for writing to its acknowledgement: its batch's wait, write and (EVENT_SYNC=data) sync.",
         );
-        let h = m.event_writes.snapshot();
+        let h = m.event_writes();
         w.histogram("api_event_write_duration_seconds", None, &h, true);
     }
 }
