@@ -793,7 +793,7 @@ async fn event_sync_data_syncs_the_new_directory_entry_before_answering() {
         .arg("trace=openat,linkat,rename,renameat,renameat2,fsync,fdatasync,write,writev,sendto,sendmsg")
         .arg("-o")
         .arg(&trace)
-        .arg(env!("CARGO_BIN_EXE_api"))
+        .args(support::api_argv())
         .current_dir(&dir.0)
         .env("HOST", "127.0.0.1")
         .env("PORT", "0")
