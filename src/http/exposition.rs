@@ -89,7 +89,7 @@ fn events(w: &mut Writer, app: &App) {
         w.family(
             "api_event_write_duration_seconds",
             Kind::Histogram,
-            "Time from an event being taken for writing to its acknowledgement: its batch's wait, write and (EVENT_SYNC=data) sync.",
+            "Time from an event taken for writing to its acknowledgement (its batch's wait, write, sync).",
         );
         let h = m.event_writes();
         w.histogram("api_event_write_duration_seconds", None, &h, true);
@@ -143,32 +143,13 @@ fn log(w: &mut Writer, app: &App) {
         let syncs = stats.sync_us.snapshot();
         w.histogram("api_event_sync_duration_seconds", None, &syncs, true);
     }
+    #[rustfmt::skip] // a table: one row a metric
     let gauges = [
-        (
-            "api_log_file_bytes",
-            "Size of the log file being written.",
-            Some(log.file_bytes),
-        ),
-        (
-            "api_log_rotated_files",
-            "This replica's rotated log files kept in the log directory.",
-            Some(log.rotated_files),
-        ),
-        (
-            "api_log_rotated_bytes",
-            "The bytes of this replica's rotated log files.",
-            Some(log.rotated_bytes),
-        ),
-        (
-            "api_log_volume_free_bytes",
-            "Bytes free to the service on the log's file system.",
-            log.volume_free,
-        ),
-        (
-            "api_log_volume_size_bytes",
-            "Size of the log's file system.",
-            log.volume_total,
-        ),
+        ("api_log_file_bytes", "Size of the log file being written.", Some(log.file_bytes)),
+        ("api_log_rotated_files", "This replica's rotated log files kept.", Some(log.rotated_files)),
+        ("api_log_rotated_bytes", "Bytes of this replica's rotated log files.", Some(log.rotated_bytes)),
+        ("api_log_volume_free_bytes", "Bytes free to the service on the log's volume.", log.volume_free),
+        ("api_log_volume_size_bytes", "Size of the log's file system.", log.volume_total),
     ];
     for (name, help, value) in gauges {
         if let Some(v) = value {
@@ -176,22 +157,11 @@ fn log(w: &mut Writer, app: &App) {
             w.sample(name, &[], v);
         }
     }
+    #[rustfmt::skip] // a table: one row a metric
     let counters = [
-        (
-            "api_log_rotations_total",
-            "Log files rotated at LOG_MAX_BYTES.",
-            log.rotations,
-        ),
-        (
-            "api_log_deleted_files_total",
-            "Log files deleted by LOG_KEEP or LOG_MAX_AGE.",
-            log.deleted_files,
-        ),
-        (
-            "api_log_deleted_bytes_total",
-            "The bytes of the log files deleted.",
-            log.deleted_bytes,
-        ),
+        ("api_log_rotations_total", "Log files rotated at LOG_MAX_BYTES.", log.rotations),
+        ("api_log_deleted_files_total", "Log files deleted (LOG_KEEP, LOG_MAX_AGE).", log.deleted_files),
+        ("api_log_deleted_bytes_total", "The bytes of the log files deleted.", log.deleted_bytes),
     ];
     for (name, help, value) in counters {
         w.family(name, Kind::Counter, help);
@@ -240,47 +210,29 @@ fn connections(w: &mut Writer, app: &App) {
     );
 }
 
+/// The standard process metrics: name, type and help, in the order of [`process`]'s values.
+#[rustfmt::skip] // a table: one row a metric
+const PROCESS: [(&str, Kind, &str); 6] = [
+    ("process_cpu_seconds_total", Kind::Counter, "Total user and system CPU time spent in seconds."),
+    ("process_resident_memory_bytes", Kind::Gauge, "Resident memory size in bytes."),
+    ("process_virtual_memory_bytes", Kind::Gauge, "Virtual memory size in bytes."),
+    ("process_open_fds", Kind::Gauge, "Number of open file descriptors."),
+    ("process_max_fds", Kind::Gauge, "Maximum number of open file descriptors."),
+    ("process_start_time_seconds", Kind::Gauge, "Start time of the process since unix epoch in seconds."),
+];
+
 fn process(w: &mut Writer) {
     let p = Process::read();
-    let readings: [(&str, Kind, &str, Option<f64>); 6] = [
-        (
-            "process_cpu_seconds_total",
-            Kind::Counter,
-            "Total user and system CPU time spent in seconds.",
-            p.cpu_seconds,
-        ),
-        (
-            "process_resident_memory_bytes",
-            Kind::Gauge,
-            "Resident memory size in bytes.",
-            p.resident_bytes.map(|b| b as f64),
-        ),
-        (
-            "process_virtual_memory_bytes",
-            Kind::Gauge,
-            "Virtual memory size in bytes.",
-            p.virtual_bytes.map(|b| b as f64),
-        ),
-        (
-            "process_open_fds",
-            Kind::Gauge,
-            "Number of open file descriptors.",
-            p.open_fds.map(|n| n as f64),
-        ),
-        (
-            "process_max_fds",
-            Kind::Gauge,
-            "Maximum number of open file descriptors.",
-            p.max_fds.map(|n| n as f64),
-        ),
-        (
-            "process_start_time_seconds",
-            Kind::Gauge,
-            "Start time of the process since unix epoch in seconds.",
-            p.start_time_seconds,
-        ),
+    let count = |n: Option<u64>| n.map(|n| n as f64);
+    let values = [
+        p.cpu_seconds,
+        count(p.resident_bytes),
+        count(p.virtual_bytes),
+        count(p.open_fds),
+        count(p.max_fds),
+        p.start_time_seconds,
     ];
-    for (name, kind, help, value) in readings {
+    for ((name, kind, help), value) in PROCESS.into_iter().zip(values) {
         if let Some(v) = value {
             w.family(name, kind, help);
             w.sample(name, &[], v);

@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 
 use super::activity::{Activity, Signals};
 use super::conn::Guarded;
-use super::{ACCEPT_BACKOFF, Listener, per_connection};
+use super::{Listener, accept};
 use crate::app::App;
 
 /// Connections served at once: a Prometheus server or two, with room for a person's curl.
@@ -44,15 +44,8 @@ pub async fn serve_metrics(listener: TcpListener, app: Arc<App>) {
             .acquire_owned()
             .await
             .expect("the metrics slots are never closed");
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                if !per_connection(&e) {
-                    log::warn!(error:% = e; "metrics accept failed; pausing");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                }
-                continue;
-            }
+        let Some((stream, peer)) = accept(&listener, "metrics accept failed; pausing").await else {
+            continue;
         };
         let activity = Arc::new(Activity::new());
         let io = Guarded::new(stream, Arc::clone(&activity), &app, Arc::clone(&signals));

@@ -19,7 +19,7 @@ use hyper::server::conn::http1;
 use hyper::service::{Service, service_fn};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::app::App;
@@ -77,15 +77,9 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
             () = &mut draining => break,
         };
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    if !per_connection(&e) {
-                        log::warn!(error:% = e; "accept failed; pausing");
-                        tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    }
-                    continue;
-                }
+            accepted = accept(&listener, "accept failed; pausing") => match accepted {
+                Some(conn) => conn,
+                None => continue,
             },
             () = &mut draining => break,
         };
@@ -200,6 +194,22 @@ async fn drain(app: &App, mut shutdown: Shutdown) {
         () = tokio::time::sleep(delay) => {}
         // `run` sees the same request and ends the shutdown with its reason.
         () = shutdown.forced() => {}
+    }
+}
+
+/// Accepts a connection. On an error that is not about that one connection (out of file
+/// descriptors, say), logs `pausing` and waits [`ACCEPT_BACKOFF`] before giving `None`, so
+/// that the caller's loop waits for resources instead of spinning.
+async fn accept(listener: &TcpListener, pausing: &str) -> Option<(TcpStream, SocketAddr)> {
+    match listener.accept().await {
+        Ok(conn) => Some(conn),
+        Err(e) => {
+            if !per_connection(&e) {
+                log::warn!(error:% = e; "{pausing}");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+            None
+        }
     }
 }
 
