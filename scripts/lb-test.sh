@@ -56,10 +56,7 @@ cleanup() {
   done
   [ -n "$built" ] && "$DOCKER" rmi --no-prune "$IMAGE" >/dev/null 2>&1
   rm -rf "$WORK"
-  echo
-  report_checks
-  [ "$failed" -gt 0 ] && exit 1
-  exit "$rc"
+  exit_with_report "$rc"
 }
 on_exit cleanup
 

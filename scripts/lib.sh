@@ -31,6 +31,15 @@ report_checks() {
   echo "$passed passed, $failed failed, $skipped skipped"
 }
 
+# exit_with_report RC: a blank line and the closing report, then exit: 1 if a check failed,
+# RC otherwise. The last step of a clean-up that on_exit runs.
+exit_with_report() {
+  echo
+  report_checks
+  [ "$failed" -gt 0 ] && exit 1
+  exit "$1"
+}
+
 # now: a timestamp; secs START END: the seconds between two of them.
 now() { date +%s.%N; }
 secs() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$1" "$2"; }

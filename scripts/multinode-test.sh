@@ -92,10 +92,7 @@ cleanup() {
   for i in "${images[@]}"; do "$DOCKER" rmi --no-prune "$i" >/dev/null 2>&1; done
   rm -rf "$WORK"
   echo "multinode test: $(secs "$T_ALL" "$(now)")s in all (${costs[*]/%/,} cleanup $(secs "$T_MARK" "$(now)")s)"
-  echo
-  report_checks
-  [ "$failed" -gt 0 ] && exit 1
-  exit "$rc"
+  exit_with_report "$rc"
 }
 on_exit cleanup
 
