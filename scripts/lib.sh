@@ -80,6 +80,21 @@ wait_health() {
   return 1
 }
 
+# free_net24 A.B FIRST: the first A.B.i, i from FIRST to 249, whose A.B.i.0/24 overlaps no
+# IPv4 network of the engine; nothing if each one does.
+free_net24() {
+  local n
+  for n in $("${DOCKER:-docker}" network ls -q); do
+    "${DOCKER:-docker}" network inspect -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}' "$n"
+  done | python3 -c '
+import ipaddress, sys
+base, first = sys.argv[1], int(sys.argv[2])
+used = [ipaddress.ip_network(s) for s in sys.stdin.read().split() if ":" not in s]
+for i in range(first, 250):
+    if not any(ipaddress.ip_network(f"{base}.{i}.0/24").overlaps(u) for u in used):
+        print(f"{base}.{i}"); break' "$1" "$2"
+}
+
 # ---- benchmarks ----------------------------------------------------------------------------
 # raise_nofile: the soft open-file limit up to the hard one, at most 65,536: the connection
 # floods hold thousands of sockets in the client and in the server.

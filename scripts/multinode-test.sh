@@ -274,14 +274,7 @@ API_ID=$("$DOCKER" image inspect -f '{{.Id}}' "$IMAGE") || die "no image $IMAGE"
 NGINX_ID=$("$DOCKER" image inspect -f '{{.Id}}' "$NGINX_IMAGE")
 
 # A /24 for the nodes' bridge that no network of this engine overlaps.
-SUBNET_PREFIX=$(for n in $("$DOCKER" network ls -q); do
-  "$DOCKER" network inspect -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}' "$n"
-done | python3 -c '
-import ipaddress, sys
-used = [ipaddress.ip_network(s) for s in sys.stdin.read().split() if ":" not in s]
-for i in range(10, 250):
-    if not any(ipaddress.ip_network(f"10.214.{i}.0/24").overlaps(u) for u in used):
-        print(f"10.214.{i}"); break')
+SUBNET_PREFIX=$(free_net24 10.214 10)
 [ -n "$SUBNET_PREFIX" ] || cannot_run "no free /24 in 10.214.0.0/16 for the nodes' network"
 
 # ---- 1. three engines, one swarm, the stack ------------------------------------------------
