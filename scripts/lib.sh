@@ -31,6 +31,21 @@ report_checks() {
   echo "$passed passed, $failed failed, $skipped skipped"
 }
 
+# verdicts: counts the "PASS ...", "FAIL ..." and "FIGURE ..." lines on stdin (a verifier's
+# output) as this script's checks and figures, and echoes the other lines. Feed it with
+# `verdicts < <(CMD)`: after a pipe it would count in a subshell.
+verdicts() {
+  local verdict rest
+  while read -r verdict rest; do
+    case $verdict in
+      PASS) pass "$rest" ;;
+      FAIL) fail "$rest" ;;
+      FIGURE) figure "$rest" ;;
+      *) echo "$verdict $rest" ;;
+    esac
+  done
+}
+
 # exit_with_report RC: a blank line and the closing report, then exit: 1 if a check failed,
 # RC otherwise. The last step of a clean-up that on_exit runs.
 exit_with_report() {

@@ -194,16 +194,9 @@ judge() {
 }
 # verify SUMMARY TAG LABEL ARGS...: verify.py's lines counted as ours.
 verify() {
-  local verdict rest summary=$1 tag=$2 label=$3
+  local summary=$1 tag=$2 label=$3
   shift 3
-  while read -r verdict rest; do
-    case $verdict in
-      PASS) pass "$rest" ;;
-      FAIL) fail "$rest" ;;
-      FIGURE) figure "$rest" ;;
-      *) echo "$verdict $rest" ;;
-    esac
-  done < <(python3 "$HERE/verify.py" "$summary" --tag "$tag" --label "$label" --client "$CLIENT" "$@" 2>&1 ||
+  verdicts < <(python3 "$HERE/verify.py" "$summary" --tag "$tag" --label "$label" --client "$CLIENT" "$@" 2>&1 ||
     echo "FAIL $label: verify.py failed")
 }
 
