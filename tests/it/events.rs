@@ -168,6 +168,14 @@ async fn bad_text_is_400_with_line_and_column() {
     }
 }
 
+/// The answer to `request`, sent on a connection of its own: `status`, naming `error`.
+async fn refused(addr: std::net::SocketAddr, request: &[u8], status: u16, error: &str) -> Resp {
+    let r = kit::send_raw(addr, request).await.expect("an answer");
+    assert_eq!(r.status, status, "{r:?}");
+    assert_eq!(r.json()["error"], error);
+    r
+}
+
 /// The refusals the body's header fields and numbers earn name what was refused: a content
 /// coding (415 with `Accept-Encoding: identity`, which a 415 for the media type lacks), a
 /// transfer coding (501, closing), `chunked` twice and `Content-Type` twice (400), and a
@@ -184,12 +192,13 @@ async fn codings_repeated_fields_and_long_numbers_are_refused_by_name() {
         &format!("{json}Content-Encoding: gzip\r\nContent-Length: 12\r\n"),
         event,
     );
-    let r = kit::send_raw(srv.addr, &gzip).await.expect("an answer");
-    assert_eq!(r.status, 415);
-    assert_eq!(
-        r.json()["error"],
-        "content coding \"gzip\" is not supported; send the body without Content-Encoding"
-    );
+    let r = refused(
+        srv.addr,
+        &gzip,
+        415,
+        "content coding \"gzip\" is not supported; send the body without Content-Encoding",
+    )
+    .await;
     assert_eq!(r.header("accept-encoding"), Some("identity"));
     let text = post("Content-Type: text/plain\r\nContent-Length: 12\r\n", event);
     let r = kit::send_raw(srv.addr, &text).await.expect("an answer");
@@ -214,21 +223,24 @@ async fn codings_repeated_fields_and_long_numbers_are_refused_by_name() {
         &format!("{json}Transfer-Encoding: chunked, chunked\r\n"),
         chunked,
     );
-    let r = kit::send_raw(srv.addr, &twice).await.expect("an answer");
-    assert_eq!(r.status, 400);
-    assert_eq!(
-        r.json()["error"],
-        "the chunked transfer coding is applied more than once"
-    );
+    refused(
+        srv.addr,
+        &twice,
+        400,
+        "the chunked transfer coding is applied more than once",
+    )
+    .await;
     let two_types = post(
         &format!("{json}Content-Type: text/plain\r\nContent-Length: 12\r\n"),
         event,
     );
-    let r = kit::send_raw(srv.addr, &two_types)
-        .await
-        .expect("an answer");
-    assert_eq!(r.status, 400);
-    assert_eq!(r.json()["error"], "Content-Type is given more than once");
+    refused(
+        srv.addr,
+        &two_types,
+        400,
+        "Content-Type is given more than once",
+    )
+    .await;
 
     let long = format!("{{\"type\":\"t\",\"data\":[1,{}]}}", "7".repeat(1001));
     let r = kit::post_event(srv.addr, &long).await;
