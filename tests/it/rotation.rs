@@ -787,41 +787,22 @@ async fn event_sync_data_syncs_the_new_directory_entry_before_answering() {
     };
     let dir = TempDir::new();
     let logs = dir.0.join("logs");
-    let trace = dir.0.join("trace");
-    let mut cmd = std::process::Command::new(strace);
-    cmd.args(["-f", "-qq", "-s", "256", "-e", "signal=none", "-e"])
-        .arg("trace=openat,linkat,rename,renameat,renameat2,fsync,fdatasync,write,writev,sendto,sendmsg")
-        .arg("-o")
-        .arg(&trace)
-        .args(support::api_argv())
-        .current_dir(&dir.0)
-        .env("HOST", "127.0.0.1")
-        .env("PORT", "0")
-        .env("LOG_FILE", logs.join("api.log"))
-        .env("EVENT_SYNC", "data")
-        .env("LOG_MAX_BYTES", "64KiB")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null());
-    let mut api = support::Api::start(cmd);
+    let traced = events::Traced::start(
+        strace,
+        256,
+        "openat,linkat,rename,renameat,renameat2,fsync,fdatasync,write,writev,sendto,sendmsg",
+        &dir.0,
+        &logs.join("api.log"),
+        &[("EVENT_SYNC", "data"), ("LOG_MAX_BYTES", "64KiB")],
+    );
     let body = format!(r#"{{"type":"traced","data":"{}"}}"#, "t".repeat(20_000));
     let mut n = 0;
     while rotated(&logs).len() < 2 {
-        assert_eq!(kit::post_event(api.addr, &body).await.status, 201);
+        assert_eq!(kit::post_event(traced.api.addr, &body).await.status, 201);
         n += 1;
         assert!(n < 50, "no two rotations after {n} events");
     }
-    let pid = events::child_of(api.pid());
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill(1) runs");
-    assert!(killed.success());
-    assert_eq!(api.wait_exit(HANG), Some(0), "{}", api.stderr());
-    let trace: Vec<String> = std::fs::read_to_string(&trace)
-        .expect("strace wrote its trace")
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let trace = traced.stop();
     let dump = || trace.join("\n");
     let logs_text = format!("\"{}\"", logs.display());
     let mut checked = 0;

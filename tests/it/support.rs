@@ -225,6 +225,12 @@ pub fn api_command(
     env: &[(&str, &str)],
 ) -> std::process::Command {
     let mut cmd = api_binary();
+    serve_in(&mut cmd, dir, log, env);
+    cmd
+}
+
+/// Sets up `cmd`, the binary or a program that runs it, as [`api_command`] does.
+pub fn serve_in(cmd: &mut Command, dir: &Path, log: &Path, env: &[(&str, &str)]) {
     cmd.current_dir(dir)
         .env("HOST", "127.0.0.1")
         .env("PORT", "0")
@@ -234,7 +240,6 @@ pub fn api_command(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd
 }
 
 impl Api {
