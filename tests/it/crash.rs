@@ -639,31 +639,11 @@ fn unwritable_log_locations_exit_1_with_one_line() {
         } else {
             support::api_binary()
         };
-        cmd.current_dir(&dir.0)
-            .env("HOST", "127.0.0.1")
-            .env("PORT", "0")
-            .env("LOG_FILE", &path)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .expect("setpriv (util-linux) and the binary run");
-        let start = Instant::now();
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            if start.elapsed() > HANG {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{what}: still running after {HANG:?}: it started despite the log");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        let out = child.wait_with_output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(status.code(), Some(1), "{what}: {err}");
+        support::serve_in(&mut cmd, &dir.0, &path, &[]);
+        cmd.stdout(std::process::Stdio::piped());
+        let (code, err, stdout) =
+            support::run_to_exit(cmd, &format!("{what}: it started despite the log"));
+        assert_eq!(code, Some(1), "{what}: {err}");
         assert_eq!(
             err.trim_end().lines().count(),
             1,
@@ -681,7 +661,7 @@ fn unwritable_log_locations_exit_1_with_one_line() {
             !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
             "{what}: {err}"
         );
-        assert!(out.stdout.is_empty(), "{what}: wrote to stdout");
+        assert!(stdout.is_empty(), "{what}: wrote to stdout");
     }
     assert!(
         !locked.join("sub").exists(),

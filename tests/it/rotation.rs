@@ -605,38 +605,19 @@ async fn retention_deletes_what_gone_replicas_left_but_never_a_live_file() {
     }
 }
 
-/// Runs the binary as `cmd` to its exit (it must not start serving): exit code and stderr.
-fn run_to_exit(mut cmd: std::process::Command) -> (Option<i32>, String) {
-    cmd.stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().expect("the api binary starts");
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > HANG {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("still running after {HANG:?}: it started on a file it must not write");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// Two processes, one file: while one rotates the file, a second one, rotating or not,
 /// refuses to start with exit 1 and one line naming the file and the fix; the first goes on
 /// undisturbed. Processes that only append share a file as before, and then a rotating one
 /// refuses in turn.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_process_on_a_rotated_file_refuses_to_start() {
+    const REFUSE: &str = "it started on a file it must not write";
     let dir = TempDir::new();
     let log = dir.0.join("logs/api.log");
     let rotating = [("LOG_MAX_BYTES", "1MiB")];
     let mut first = support::spawn_api(&dir.0, &rotating);
     for (what, env) in [("rotating", &rotating[..]), ("appending", &[][..])] {
-        let (code, err) = run_to_exit(support::api_command(&dir.0, &log, env));
+        let (code, err, _) = support::run_to_exit(support::api_command(&dir.0, &log, env), REFUSE);
         assert_eq!(code, Some(1), "{what}: {err}");
         assert_eq!(
             err.trim_end().lines().count(),
@@ -662,7 +643,8 @@ async fn a_second_process_on_a_rotated_file_refuses_to_start() {
 
     let mut a = support::spawn_api(&dir.0, &[]);
     let mut b = support::spawn_api(&dir.0, &[]);
-    let (code, err) = run_to_exit(support::api_command(&dir.0, &log, &rotating));
+    let (code, err, _) =
+        support::run_to_exit(support::api_command(&dir.0, &log, &rotating), REFUSE);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("this process rotates it"), "{err}");
     for api in [&mut a, &mut b] {

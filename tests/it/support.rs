@@ -17,6 +17,8 @@ use api::shutdown::{self, Trigger};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
+use crate::kit::HANG;
+
 /// A scratch directory removed on drop.
 pub struct TempDir(pub PathBuf);
 
@@ -325,6 +327,31 @@ impl Drop for Api {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs `cmd`, the binary set to refuse to start, to its exit: the exit code, stderr, and
+/// stdout if `cmd` pipes it. If it still runs after [`HANG`], it started: the test fails
+/// with `why` it must not have.
+pub fn run_to_exit(mut cmd: Command, why: &str) -> (Option<i32>, String, Vec<u8>) {
+    cmd.stderr(std::process::Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("{:?} does not run: {e}", cmd.get_program()));
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > HANG {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running after {HANG:?}: {why}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.stdout,
+    )
 }
 
 /// Starts the binary in `dir` with `LOG_FILE=dir/logs/api.log` and `env`.
