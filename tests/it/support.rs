@@ -158,6 +158,14 @@ pub fn assert_exactly_once(acked: &[String], counts: &HashMap<String, usize>) {
     );
 }
 
+/// The event records are the acknowledged events, each exactly once, and no other (`other`
+/// says what another would be).
+pub fn assert_just_the_acked(acked: &[String], records: &[Value], other: &str) {
+    let counts = event_counts(records, "id");
+    assert_exactly_once(acked, &counts);
+    assert_eq!(counts.len(), acked.len(), "{other}");
+}
+
 /// Polls `cond` every 10 ms for up to `limit`; true if it held.
 pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
