@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.." || exit 2
 
 TARGET=aarch64-unknown-linux-musl
 QEMU=qemu-aarch64-static
-summary() { local rc=$?; trap - EXIT INT TERM HUP; echo; report_checks; [ "$failed" -gt 0 ] && exit 1; exit "$rc"; }
+summary() { local rc=$?; trap - EXIT INT TERM HUP; exit_with_report "$rc"; }
 on_exit summary
 
 if ! rustup target list --installed 2>/dev/null | grep -qx "$TARGET"; then

@@ -57,12 +57,6 @@ UDIR=$WORK/user/api           # the normal user's clone
 mounted='' created_user='' images=()
 is_root() { [ "$(id -u)" = 0 ]; }
 
-
-summary() {
-  echo
-  report_checks
-}
-
 cleanup() {
   local rc=$?
   set +e
@@ -84,9 +78,7 @@ cleanup() {
   [ -n "$created_user" ] && userdel -r "$TUSER" 2>/dev/null
   # --no-prune keeps the untagged build layers, so the next run's build is cached.
   for i in "${images[@]}"; do "$DOCKER" rmi --no-prune "$i" >/dev/null 2>&1; done
-  summary
-  [ "$failed" -gt 0 ] && exit 1
-  exit "$rc"
+  exit_with_report "$rc"
 }
 on_exit cleanup
 

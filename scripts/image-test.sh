@@ -50,10 +50,7 @@ cleanup() {
   # --no-prune keeps the untagged build layers, so the next run's build is cached.
   for i in "${images[@]}"; do "$DOCKER" rmi --no-prune "$i" >/dev/null 2>&1; done
   rm -rf "$WORK"
-  echo
-  report_checks
-  [ "$failed" -gt 0 ] && exit 1
-  exit "$rc"
+  exit_with_report "$rc"
 }
 on_exit cleanup
 

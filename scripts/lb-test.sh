@@ -56,10 +56,7 @@ cleanup() {
   done
   [ -n "$built" ] && "$DOCKER" rmi --no-prune "$IMAGE" >/dev/null 2>&1
   rm -rf "$WORK"
-  echo
-  report_checks
-  [ "$failed" -gt 0 ] && exit 1
-  exit "$rc"
+  exit_with_report "$rc"
 }
 on_exit cleanup
 
@@ -82,14 +79,7 @@ for tool in curl python3; do command -v "$tool" >/dev/null || cannot_run "needs 
 "$DOCKER" image inspect "$NGINX_IMAGE" >/dev/null 2>&1 || timeout 300 "$DOCKER" pull -q "$NGINX_IMAGE" >/dev/null ||
   cannot_run "no nginx image $NGINX_IMAGE (set NGINX_IMAGE)"
 # A /24 for the bridge that no network of this engine overlaps (compose.nginx.yaml's LB_NET).
-LB_NET=$(for n in $("$DOCKER" network ls -q); do
-  "$DOCKER" network inspect -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}' "$n"
-done | python3 -c '
-import ipaddress, sys
-used = [ipaddress.ip_network(s) for s in sys.stdin.read().split() if ":" not in s]
-for i in range(90, 250):
-    if not any(ipaddress.ip_network(f"172.29.{i}.0/24").overlaps(u) for u in used):
-        print(f"172.29.{i}"); break')
+LB_NET=$(free_net24 172.29 90)
 [ -n "$LB_NET" ] || cannot_run "no free /24 in 172.29.0.0/16 for the bridge"
 
 mkdir -p "$DIR"

@@ -31,6 +31,30 @@ report_checks() {
   echo "$passed passed, $failed failed, $skipped skipped"
 }
 
+# verdicts: counts the "PASS ...", "FAIL ..." and "FIGURE ..." lines on stdin (a verifier's
+# output) as this script's checks and figures, and echoes the other lines. Feed it with
+# `verdicts < <(CMD)`: after a pipe it would count in a subshell.
+verdicts() {
+  local verdict rest
+  while read -r verdict rest; do
+    case $verdict in
+      PASS) pass "$rest" ;;
+      FAIL) fail "$rest" ;;
+      FIGURE) figure "$rest" ;;
+      *) echo "$verdict $rest" ;;
+    esac
+  done
+}
+
+# exit_with_report RC: a blank line and the closing report, then exit: 1 if a check failed,
+# RC otherwise. The last step of a clean-up that on_exit runs.
+exit_with_report() {
+  echo
+  report_checks
+  [ "$failed" -gt 0 ] && exit 1
+  exit "$1"
+}
+
 # now: a timestamp; secs START END: the seconds between two of them.
 now() { date +%s.%N; }
 secs() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$1" "$2"; }
@@ -69,6 +93,21 @@ wait_health() {
   echo "  health of ${1:0:12} is '$(health_of "$1")', wanted '$2' within $3s" >&2
   "${DOCKER:-docker}" inspect -f '{{range .State.Health.Log}}  probe: {{.ExitCode}} {{.Output}}{{end}}' "$1" >&2
   return 1
+}
+
+# free_net24 A.B FIRST: the first A.B.i, i from FIRST to 249, whose A.B.i.0/24 overlaps no
+# IPv4 network of the engine; nothing if each one does.
+free_net24() {
+  local n
+  for n in $("${DOCKER:-docker}" network ls -q); do
+    "${DOCKER:-docker}" network inspect -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}' "$n"
+  done | python3 -c '
+import ipaddress, sys
+base, first = sys.argv[1], int(sys.argv[2])
+used = [ipaddress.ip_network(s) for s in sys.stdin.read().split() if ":" not in s]
+for i in range(first, 250):
+    if not any(ipaddress.ip_network(f"{base}.{i}.0/24").overlaps(u) for u in used):
+        print(f"{base}.{i}"); break' "$1" "$2"
 }
 
 # ---- benchmarks ----------------------------------------------------------------------------

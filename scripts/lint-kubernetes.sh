@@ -408,12 +408,18 @@ print(f"checkov: {passed} passed, {failed} failed, {skipped} skipped, {errors} p
 sys.exit(1 if failed or errors or passed == 0 else 0)
 PY
 }
-status=0
-run_checkov "$work/scan" || status=$?
-if ! report || [ "$status" -ne 0 ]; then
-  cat "$work/checkov.err" >&2
-  die "checkov (exit $status): fix the finding, or skip it on its object with a checkov.io/skipN annotation giving the reason"
-fi
+# checkov_clean DIR WHAT [HOW]: checkov over DIR with its findings listed; stops the script
+# ("WHAT (exit N): HOW") unless checkov found nothing and checked something.
+checkov_clean() {
+  local status=0
+  run_checkov "$1" || status=$?
+  if ! report || [ "$status" -ne 0 ]; then
+    cat "$work/checkov.err" >&2
+    die "$2 (exit $status)${3:+: $3}"
+  fi
+}
+checkov_clean "$work/scan" checkov \
+  "fix the finding, or skip it on its object with a checkov.io/skipN annotation giving the reason"
 echo "PASS checkov"
 mkdir "$work/broken-scan"
 cp "$work/broken-rw-root.yaml" "$work/broken-scan/rendered.yaml"
@@ -493,12 +499,7 @@ for v in $versions; do
     || { printf '%s\n' "$out"; die "the shipping overlay against the Kubernetes $v schemas"; }
   echo "PASS $shipping_count objects of the shipping overlay valid against the Kubernetes $v schemas (strict)"
 done
-status=0
-run_checkov "$work/shipping" || status=$?
-if ! report || [ "$status" -ne 0 ]; then
-  cat "$work/checkov.err" >&2
-  die "checkov on the shipping overlay (exit $status)"
-fi
+checkov_clean "$work/shipping" "checkov on the shipping overlay"
 echo "PASS checkov on the shipping overlay"
 
 printf '\nPASS lint-kubernetes: %s objects rendered, schemas (%s), restricted field check, checkov, monitoring and shipping overlays\n' "$count" "$versions"

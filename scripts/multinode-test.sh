@@ -92,10 +92,7 @@ cleanup() {
   for i in "${images[@]}"; do "$DOCKER" rmi --no-prune "$i" >/dev/null 2>&1; done
   rm -rf "$WORK"
   echo "multinode test: $(secs "$T_ALL" "$(now)")s in all (${costs[*]/%/,} cleanup $(secs "$T_MARK" "$(now)")s)"
-  echo
-  report_checks
-  [ "$failed" -gt 0 ] && exit 1
-  exit "$rc"
+  exit_with_report "$rc"
 }
 on_exit cleanup
 
@@ -197,16 +194,9 @@ judge() {
 }
 # verify SUMMARY TAG LABEL ARGS...: verify.py's lines counted as ours.
 verify() {
-  local verdict rest summary=$1 tag=$2 label=$3
+  local summary=$1 tag=$2 label=$3
   shift 3
-  while read -r verdict rest; do
-    case $verdict in
-      PASS) pass "$rest" ;;
-      FAIL) fail "$rest" ;;
-      FIGURE) figure "$rest" ;;
-      *) echo "$verdict $rest" ;;
-    esac
-  done < <(python3 "$HERE/verify.py" "$summary" --tag "$tag" --label "$label" --client "$CLIENT" "$@" 2>&1 ||
+  verdicts < <(python3 "$HERE/verify.py" "$summary" --tag "$tag" --label "$label" --client "$CLIENT" "$@" 2>&1 ||
     echo "FAIL $label: verify.py failed")
 }
 
@@ -277,14 +267,7 @@ API_ID=$("$DOCKER" image inspect -f '{{.Id}}' "$IMAGE") || die "no image $IMAGE"
 NGINX_ID=$("$DOCKER" image inspect -f '{{.Id}}' "$NGINX_IMAGE")
 
 # A /24 for the nodes' bridge that no network of this engine overlaps.
-SUBNET_PREFIX=$(for n in $("$DOCKER" network ls -q); do
-  "$DOCKER" network inspect -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}' "$n"
-done | python3 -c '
-import ipaddress, sys
-used = [ipaddress.ip_network(s) for s in sys.stdin.read().split() if ":" not in s]
-for i in range(10, 250):
-    if not any(ipaddress.ip_network(f"10.214.{i}.0/24").overlaps(u) for u in used):
-        print(f"10.214.{i}"); break')
+SUBNET_PREFIX=$(free_net24 10.214 10)
 [ -n "$SUBNET_PREFIX" ] || cannot_run "no free /24 in 10.214.0.0/16 for the nodes' network"
 
 # ---- 1. three engines, one swarm, the stack ------------------------------------------------

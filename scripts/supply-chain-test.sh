@@ -36,10 +36,7 @@ cleanup() {
   local rc=$?
   trap - EXIT INT TERM HUP
   rm -rf "$WORK"
-  echo
-  report_checks
-  [ "$failed" -gt 0 ] && exit 1
-  exit "$rc"
+  exit_with_report "$rc"
 }
 on_exit cleanup
 

@@ -66,10 +66,7 @@ cleanup() {
   fi
   for i in "${images[@]}"; do "$DOCKER" rmi --no-prune "$i" >/dev/null 2>&1; done
   rm -rf "$WORK"
-  echo
-  report_checks
-  [ "$failed" -gt 0 ] && exit 1
-  exit "$rc"
+  exit_with_report "$rc"
 }
 on_exit cleanup
 
@@ -183,16 +180,9 @@ GOOD=$("$DOCKER" image inspect -f '{{.Id}}' "$IMAGE") || die "no image $IMAGE"
 NGINX_ID=$("$DOCKER" image inspect -f '{{.Id}}' "$NGINX_IMAGE")
 
 # A /24 for the overlay network that no network of this engine overlaps.
-SUBNET=$(for n in $("$DOCKER" network ls -q); do
-  "$DOCKER" network inspect -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}' "$n"
-done | python3 -c '
-import ipaddress, sys
-used = [ipaddress.ip_network(s) for s in sys.stdin.read().split() if ":" not in s]
-for i in range(90, 250):
-    net = ipaddress.ip_network(f"10.213.{i}.0/24")
-    if not any(net.overlaps(u) for u in used):
-        print(net); break')
+SUBNET=$(free_net24 10.213 90)
 [ -n "$SUBNET" ] || cannot_run "no free /24 in 10.213.0.0/16 for the overlay network"
+SUBNET=$SUBNET.0/24
 
 # The stack as the test deploys it: deploy/swarm/stack.yaml without the `ports:` of any
 # service, since a port Swarm publishes listens on every interface (see the top). Parsed

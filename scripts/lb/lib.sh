@@ -1,18 +1,11 @@
-# Helpers shared by scripts/swarm-test.sh and scripts/lb-test.sh, after scripts/lib.sh:
+# Helpers shared by scripts/swarm-test.sh, scripts/lb-test.sh and scripts/multinode-test.sh,
+# after scripts/lib.sh:
 #   . "$(dirname "${BASH_SOURCE[0]}")/lb/lib.sh"
 # shellcheck shell=bash
 
 # verify SUMMARY LOG_DIR TAG CLIENT LABEL: scripts/lb/verify.py's checks, counted as ours.
 verify() {
-  local verdict rest
-  while read -r verdict rest; do
-    case $verdict in
-      PASS) pass "$rest" ;;
-      FAIL) fail "$rest" ;;
-      FIGURE) figure "$rest" ;;
-      *) echo "$verdict $rest" ;;
-    esac
-  done < <(python3 "$(dirname "${BASH_SOURCE[0]}")/verify.py" "$1" "$2" --tag "$3" --client "$4" \
+  verdicts < <(python3 "$(dirname "${BASH_SOURCE[0]}")/verify.py" "$1" "$2" --tag "$3" --client "$4" \
     --label "$5" 2>&1 || echo "FAIL $5: verify.py failed")
 }
 

@@ -22,9 +22,12 @@ import argparse
 import asyncio
 import json
 import os
+import sys
 import time
 
-FORGED_CLIENT = "203.0.113.7"  # TEST-NET-3: never a real client
+sys.dont_write_bytecode = True  # no caches left in the tree by the tests that run as root
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import loadkit  # noqa: E402  (scripts/loadkit.py)
 
 
 class Failed(Exception):
@@ -113,7 +116,7 @@ async def run(args):
                 body = json.dumps({"type": args.tag, "data": {"w": w, "n": n}}).encode()
                 head = (
                     f"POST /events HTTP/1.1\r\nHost: api\r\nX-Request-Id: {rid}\r\n"
-                    f"X-Forwarded-For: {FORGED_CLIENT}\r\nContent-Type: application/json\r\n"
+                    f"X-Forwarded-For: {loadkit.FORGED_CLIENT}\r\nContent-Type: application/json\r\n"
                     f"Content-Length: {len(body)}\r\n\r\n"
                 )
                 want = 201
@@ -121,7 +124,7 @@ async def run(args):
                 body = b""
                 head = (
                     f"GET / HTTP/1.1\r\nHost: api\r\nX-Request-Id: {rid}\r\n"
-                    f"X-Forwarded-For: {FORGED_CLIENT}\r\n\r\n"
+                    f"X-Forwarded-For: {loadkit.FORGED_CLIENT}\r\n\r\n"
                 )
                 want = 200
             t0 = time.monotonic()
@@ -158,7 +161,7 @@ async def run(args):
         "seconds": round(time.monotonic() - start, 2),
         "conns": args.conns,
         "rate": args.rate,
-        "forged_client": FORGED_CLIENT,
+        "forged_client": loadkit.FORGED_CLIENT,
         "requests": requests,
         "acked": acked,
     }
@@ -168,18 +171,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", required=True, help="HOST:PORT of nginx")
     ap.add_argument("--tag", required=True, help="event type and request id prefix")
-    ap.add_argument("--out", required=True, help="JSON summary path")
-    ap.add_argument("--stop-file", help="stop once this file exists")
-    ap.add_argument("--duration", type=float, default=120, help="seconds, at most")
-    ap.add_argument("--max-requests", type=int, default=500_000)
-    ap.add_argument("--conns", type=int, default=16)
-    ap.add_argument("--rate", type=float, default=1500, help="requests per second in all")
+    loadkit.add_run_options(ap, what="requests", duration=120, most=500_000, conns=16, rate=1500)
     ap.add_argument("--timeout", type=float, default=15, help="seconds per request")
     args = ap.parse_args()
-    summary = asyncio.run(run(args))
-    with open(args.out + ".tmp", "w") as f:
-        json.dump(summary, f, separators=(",", ":"))
-    os.replace(args.out + ".tmp", args.out)
+    loadkit.write_json(args.out, asyncio.run(run(args)), separators=(",", ":"))
 
 
 if __name__ == "__main__":

@@ -15,12 +15,14 @@ results; the caller judges them.
 """
 
 import argparse
-import http.client
 import json
 import os
-import threading
-import time
+import sys
 import urllib.parse
+
+sys.dont_write_bytecode = True  # no caches left in the tree by the tests that run as root
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import loadkit  # noqa: E402  (scripts/loadkit.py)
 
 # Each of these must reach the database exactly as the service wrote it.
 TRICKY = "it's \"quoted\" \\ back\\slash \u0000 \u2028 grüße 😀 ''"
@@ -40,101 +42,47 @@ def body(n, big, max_body):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--url", required=True, help="http://127.0.0.1:PORT")
-    ap.add_argument("--out", required=True, help="JSON summary path")
-    ap.add_argument("--stop-file", help="stop once this file exists")
-    ap.add_argument("--duration", type=float, default=60, help="seconds, at most")
-    ap.add_argument("--max-events", type=int, default=100_000)
-    ap.add_argument("--conns", type=int, default=4)
-    ap.add_argument("--rate", type=float, default=1000, help="events per second in all")
+    loadkit.add_run_options(ap, what="events", duration=60, most=100_000, conns=4, rate=1000)
     ap.add_argument("--big-every", type=int, default=0, help="every Nth event near MAX_BODY")
     ap.add_argument("--max-body", type=int, default=65536)
     ap.add_argument("--timeout", type=float, default=10, help="seconds per request")
     args = ap.parse_args()
 
     url = urllib.parse.urlsplit(args.url)
-    lock = threading.Lock()
-    start = time.monotonic()
-    end = start + args.duration
-    stop = threading.Event()
-    sent = [0]
-    counts = {}
-    failures = []
+    run = loadkit.Run(args, args.max_events)
     acked = []
-    per_thread_interval = args.conns / args.rate if args.rate > 0 else 0
 
-    def stopping():
-        if not stop.is_set() and (
-            time.monotonic() >= end or (args.stop_file and os.path.exists(args.stop_file))
-        ):
-            stop.set()
-        return stop.is_set()
-
-    def worker():
-        conn = None
-        next_at = time.monotonic()
-        while not stopping():
-            with lock:
-                if sent[0] >= args.max_events:
-                    stop.set()
-                    break
-                sent[0] += 1
-                n = sent[0]
+    def worker(_):
+        conn = loadkit.KeepAlive(url, args.timeout)
+        for n in run.turns():
             big = args.big_every > 0 and n % args.big_every == 0
             what = None
             try:
-                if conn is None:
-                    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=args.timeout)
-                conn.request("POST", "/events", body(n, big, args.max_body),
-                             {"Content-Type": "application/json"})
-                resp = conn.getresponse()
-                data = resp.read()
-                if resp.will_close:
-                    conn.close()
-                    conn = None
-                key = str(resp.status)
-                if resp.status == 201:
-                    with lock:
-                        acked.append([json.loads(data)["id"], round(time.monotonic() - start, 3)])
+                status, data = conn.request("POST", "/events", body(n, big, args.max_body),
+                                            {"Content-Type": "application/json"})
+                key = str(status)
+                if status == 201:
+                    with run.lock:
+                        acked.append([json.loads(data)["id"], run.since()])
                 else:
-                    what = f"status {resp.status}: {data[:200]!r}"
+                    what = f"status {status}: {data[:200]!r}"
             except Exception as e:  # refused, reset, timeout: all failures
                 what = f"{type(e).__name__}: {e}"
                 key = type(e).__name__
-                if conn is not None:
-                    conn.close()
-                conn = None
-            with lock:
-                counts[key] = counts.get(key, 0) + 1
-                if what is not None:
-                    failures.append([round(time.monotonic() - start, 3), what])
-            if what is not None:
-                time.sleep(0.05)
-            if per_thread_interval:
-                next_at += per_thread_interval
-                delay = next_at - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                else:
-                    next_at = time.monotonic()
-        if conn is not None:
-            conn.close()
+                conn.close()
+            run.record(key, None if what is None else [what])
+        conn.close()
 
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(args.conns)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(args.duration + args.timeout + 5)
+    run.threads(worker)
     summary = {
-        "events": sent[0],
-        "seconds": round(time.monotonic() - start, 2),
-        "counts": counts,
-        "failed": len(failures),
-        "failures": failures[:50],
+        "events": run.sent,
+        "seconds": run.seconds(),
+        "counts": run.counts,
+        "failed": len(run.failures),
+        "failures": run.failures[:50],
         "acked": acked,
     }
-    with open(args.out + ".tmp", "w") as f:
-        json.dump(summary, f)
-    os.replace(args.out + ".tmp", args.out)
+    loadkit.write_json(args.out, summary)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 //! `POST /events` end to end: data stored as sent, duplicate keys refused, the headers every
 //! answer carries, `EVENT_SYNC=data` proven by the syscalls, and generated hostile bodies.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -168,6 +168,14 @@ async fn bad_text_is_400_with_line_and_column() {
     }
 }
 
+/// The answer to `request`, sent on a connection of its own: `status`, naming `error`.
+async fn refused(addr: std::net::SocketAddr, request: &[u8], status: u16, error: &str) -> Resp {
+    let r = kit::send_raw(addr, request).await.expect("an answer");
+    assert_eq!(r.status, status, "{r:?}");
+    assert_eq!(r.json()["error"], error);
+    r
+}
+
 /// The refusals the body's header fields and numbers earn name what was refused: a content
 /// coding (415 with `Accept-Encoding: identity`, which a 415 for the media type lacks), a
 /// transfer coding (501, closing), `chunked` twice and `Content-Type` twice (400), and a
@@ -184,12 +192,13 @@ async fn codings_repeated_fields_and_long_numbers_are_refused_by_name() {
         &format!("{json}Content-Encoding: gzip\r\nContent-Length: 12\r\n"),
         event,
     );
-    let r = kit::send_raw(srv.addr, &gzip).await.expect("an answer");
-    assert_eq!(r.status, 415);
-    assert_eq!(
-        r.json()["error"],
-        "content coding \"gzip\" is not supported; send the body without Content-Encoding"
-    );
+    let r = refused(
+        srv.addr,
+        &gzip,
+        415,
+        "content coding \"gzip\" is not supported; send the body without Content-Encoding",
+    )
+    .await;
     assert_eq!(r.header("accept-encoding"), Some("identity"));
     let text = post("Content-Type: text/plain\r\nContent-Length: 12\r\n", event);
     let r = kit::send_raw(srv.addr, &text).await.expect("an answer");
@@ -214,21 +223,24 @@ async fn codings_repeated_fields_and_long_numbers_are_refused_by_name() {
         &format!("{json}Transfer-Encoding: chunked, chunked\r\n"),
         chunked,
     );
-    let r = kit::send_raw(srv.addr, &twice).await.expect("an answer");
-    assert_eq!(r.status, 400);
-    assert_eq!(
-        r.json()["error"],
-        "the chunked transfer coding is applied more than once"
-    );
+    refused(
+        srv.addr,
+        &twice,
+        400,
+        "the chunked transfer coding is applied more than once",
+    )
+    .await;
     let two_types = post(
         &format!("{json}Content-Type: text/plain\r\nContent-Length: 12\r\n"),
         event,
     );
-    let r = kit::send_raw(srv.addr, &two_types)
-        .await
-        .expect("an answer");
-    assert_eq!(r.status, 400);
-    assert_eq!(r.json()["error"], "Content-Type is given more than once");
+    refused(
+        srv.addr,
+        &two_types,
+        400,
+        "Content-Type is given more than once",
+    )
+    .await;
 
     let long = format!("{{\"type\":\"t\",\"data\":[1,{}]}}", "7".repeat(1001));
     let r = kit::post_event(srv.addr, &long).await;
@@ -289,8 +301,66 @@ pub(crate) fn strace() -> Option<&'static str> {
     None
 }
 
+/// The binary under strace, set up as [`support::api_command`] sets it up.
+pub(crate) struct Traced {
+    pub(crate) api: Api,
+    trace: PathBuf,
+}
+
+impl Traced {
+    /// Starts the binary in `dir` under strace, which follows every thread, shows strings
+    /// up to `strsize` bytes, no signals, and only the syscalls `syscalls` (comma-separated).
+    pub(crate) fn start(
+        strace: &str,
+        strsize: usize,
+        syscalls: &str,
+        dir: &Path,
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> Traced {
+        let trace = dir.join("trace");
+        let mut cmd = std::process::Command::new(strace);
+        cmd.args([
+            "-f",
+            "-qq",
+            "-s",
+            &strsize.to_string(),
+            "-e",
+            "signal=none",
+            "-e",
+        ])
+        .arg(format!("trace={syscalls}"))
+        .arg("-o")
+        .arg(&trace)
+        .args(support::api_argv());
+        support::serve_in(&mut cmd, dir, log, env);
+        Traced {
+            api: Api::start(cmd),
+            trace,
+        }
+    }
+
+    /// Stops the binary, which must exit 0, and returns the trace: one line per syscall, of
+    /// every thread, in the order they completed or began.
+    pub(crate) fn stop(mut self) -> Vec<String> {
+        // SIGTERM to the api itself (strace would only detach it), then strace exits with it.
+        let pid = child_of(self.api.pid());
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(killed.success());
+        assert_eq!(self.api.wait_exit(HANG), Some(0), "{}", self.api.stderr());
+        std::fs::read_to_string(&self.trace)
+            .expect("strace wrote its trace")
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
 /// The pid of the one child of `pid` (the api under strace).
-pub(crate) fn child_of(pid: u32) -> u32 {
+fn child_of(pid: u32) -> u32 {
     let path = format!("/proc/{pid}/task/{pid}/children");
     let text = std::fs::read_to_string(&path).expect("procfs lists children");
     text.split_whitespace()
@@ -299,45 +369,25 @@ pub(crate) fn child_of(pid: u32) -> u32 {
         .unwrap_or_else(|| panic!("{path} names no child"))
 }
 
-/// One event posted to the binary under strace in `mode`; returns the trace: one line per
-/// syscall, of every thread, in the order they completed or began.
+/// One event posted to the binary under strace in `mode`; returns the trace.
 async fn trace_one_event(strace: &str, mode: &str) -> Vec<String> {
     let dir = TempDir::new();
-    let trace = dir.0.join("trace");
-    let mut cmd = std::process::Command::new(strace);
-    cmd.args(["-f", "-qq", "-s", "4096", "-e", "signal=none", "-e"])
-        .arg("trace=write,writev,pwrite64,sendto,sendmsg,fsync,fdatasync,sync_file_range")
-        .arg("-o")
-        .arg(&trace)
-        .args(support::api_argv())
-        .current_dir(&dir.0)
-        .env("HOST", "127.0.0.1")
-        .env("PORT", "0")
-        .env("LOG_FILE", dir.0.join("logs/api.log"))
-        .env("EVENT_SYNC", mode)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null());
-    let mut api = Api::start(cmd);
+    let traced = Traced::start(
+        strace,
+        4096,
+        "write,writev,pwrite64,sendto,sendmsg,fsync,fdatasync,sync_file_range",
+        &dir.0,
+        &dir.0.join("logs/api.log"),
+        &[("EVENT_SYNC", mode)],
+    );
     let r = post_with_id(
-        api.addr,
+        traced.api.addr,
         "traced-event",
         br#"{"type":"traced","data":{"mark":"syscall-order"}}"#,
     )
     .await;
     assert_eq!(r.status, 201);
-    // SIGTERM to the api itself (strace would only detach it), then strace exits with it.
-    let pid = child_of(api.pid());
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill(1) runs");
-    assert!(killed.success());
-    assert_eq!(api.wait_exit(HANG), Some(0), "{}", api.stderr());
-    std::fs::read_to_string(&trace)
-        .expect("strace wrote its trace")
-        .lines()
-        .map(str::to_string)
-        .collect()
+    traced.stop()
 }
 
 /// Where in `trace` a syscall matching `what` ends: its own line if it completed at once,

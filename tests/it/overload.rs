@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -23,19 +23,69 @@ use crate::support::{self, Api, TempDir};
 
 const CAP: usize = 32;
 
-/// Starts the binary with MAX_CONNECTIONS=CAP and timeouts long enough that no timeout frees
-/// a slot during a test: only eviction can.
-fn start_capped(dir: &TempDir, log: &Path) -> Api {
-    Api::start(support::api_command(
-        &dir.0,
-        log,
-        &[
-            ("MAX_CONNECTIONS", &CAP.to_string()),
-            ("HEADER_TIMEOUT", "60s"),
-            ("BODY_TIMEOUT", "60s"),
-            ("IDLE_TIMEOUT", "60s"),
-        ],
-    ))
+/// The binary with MAX_CONNECTIONS=CAP and timeouts long enough that no timeout frees a slot
+/// during a test: only eviction can.
+struct Capped {
+    addr: SocketAddr,
+    pid: u32,
+    log: PathBuf,
+    /// The sockets it holds before any client comes (its listeners).
+    base_sockets: usize,
+    _api: Api,
+    _dir: TempDir,
+}
+
+impl Capped {
+    fn start() -> Capped {
+        let dir = TempDir::new();
+        let log = dir.0.join("api.log");
+        let api = Api::start(support::api_command(
+            &dir.0,
+            &log,
+            &[
+                ("MAX_CONNECTIONS", &CAP.to_string()),
+                ("HEADER_TIMEOUT", "60s"),
+                ("BODY_TIMEOUT", "60s"),
+                ("IDLE_TIMEOUT", "60s"),
+            ],
+        ));
+        let pid = api.pid();
+        Capped {
+            addr: api.addr,
+            pid,
+            log,
+            base_sockets: support::fds(pid).1,
+            _api: api,
+            _dir: dir,
+        }
+    }
+
+    /// The client connections it holds now.
+    fn held(&self) -> usize {
+        support::fds(self.pid).1 - self.base_sockets
+    }
+
+    /// Waits until the clients (`who`) hold the cap.
+    async fn until_full(&self, who: &str) {
+        let full = support::eventually(HANG, || self.held() >= CAP).await;
+        assert!(full, "the {who} did not fill the cap");
+    }
+
+    /// Five new clients, 200 ms apart, each answered 200 on GET /health (`when` says while
+    /// what); returns the most connections it held in the meantime.
+    async fn answers_new_clients(&self, when: &str) -> usize {
+        let mut held = 0;
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert_eq!(
+                kit::health_status(self.addr, HANG).await,
+                Some(200),
+                "a new client's GET /health {when}"
+            );
+            held = held.max(self.held());
+        }
+        held
+    }
 }
 
 /// What the keep-alive clients of a test saw.
@@ -55,12 +105,29 @@ struct Seen {
 }
 
 impl Seen {
-    fn add(&mut self, other: Seen) {
-        self.answered.extend(other.answered);
-        self.retried.extend(other.retried);
-        self.found_closed += other.found_closed;
-        self.closing_answers += other.closing_answers;
-        self.failed.extend(other.failed);
+    /// What all the clients saw, once each has finished.
+    async fn join(mut clients: JoinSet<Seen>) -> Seen {
+        let mut seen = Seen::default();
+        while let Some(s) = clients.join_next().await {
+            let s = s.expect("a keep-alive client does not panic");
+            seen.answered.extend(s.answered);
+            seen.retried.extend(s.retried);
+            seen.found_closed += s.found_closed;
+            seen.closing_answers += s.closing_answers;
+            seen.failed.extend(s.failed);
+        }
+        seen
+    }
+
+    /// What the test's clients did, for its output.
+    fn report(&self, what: &str) {
+        eprintln!(
+            "{what}: {} answered, {} found closed before reuse, {} closing answers, {} retried",
+            self.answered.len(),
+            self.found_closed,
+            self.closing_answers,
+            self.retried.len()
+        );
     }
 }
 
@@ -212,20 +279,8 @@ async fn loris(addr: SocketAddr, mut stop: watch::Receiver<()>) -> bool {
 /// GET / and the log count the evictions by kind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_and_idle_connections_make_room_for_new_clients() {
-    let dir = TempDir::new();
-    let log = dir.0.join("api.log");
-    let api = Api::start(support::api_command(
-        &dir.0,
-        &log,
-        &[
-            ("MAX_CONNECTIONS", &CAP.to_string()),
-            // Long enough that no timeout frees a slot during the test: only eviction can.
-            ("HEADER_TIMEOUT", "60s"),
-            ("BODY_TIMEOUT", "60s"),
-        ],
-    ));
-    let (addr, pid) = (api.addr, api.pid());
-    let base_sockets = support::fds(pid).1;
+    let api = Capped::start();
+    let addr = api.addr;
 
     // The oldest connection: a POST whose body arrives slowly.
     let body = r#"{"type":"slow.body","data":{"pad":"................"}}"#;
@@ -265,7 +320,7 @@ async fn slow_and_idle_connections_make_room_for_new_clients() {
     );
     let posted = kit::post_event(addr, r#"{"type":"at.cap"}"#).await;
     assert_eq!(posted.status, 201, "a new client's POST /events at the cap");
-    let held = support::fds(pid).1 - base_sockets;
+    let held = api.held();
     assert!(
         held <= CAP + 1,
         "{held} connections held with a cap of {CAP}"
@@ -300,11 +355,11 @@ async fn slow_and_idle_connections_make_room_for_new_clients() {
     // The summary line comes once per period while the cap is reached, not per eviction.
     let summary = |r: &Value| r["msg"] == "connection cap reached";
     let logged = support::eventually(Duration::from_secs(30), || {
-        support::read_records(&log).iter().any(summary)
+        support::read_records(&api.log).iter().any(summary)
     })
     .await;
     assert!(logged, "no summary of the pressure in the log");
-    let summaries: Vec<Value> = support::read_records(&log)
+    let summaries: Vec<Value> = support::read_records(&api.log)
         .into_iter()
         .filter(summary)
         .collect();
@@ -326,11 +381,8 @@ async fn slow_and_idle_connections_make_room_for_new_clients() {
 /// connection beyond the cap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keep_alive_pool_larger_than_the_cap_does_not_lock_new_clients_out() {
-    let dir = TempDir::new();
-    let log = dir.0.join("api.log");
-    let api = start_capped(&dir, &log);
-    let (addr, pid) = (api.addr, api.pid());
-    let base_sockets = support::fds(pid).1;
+    let api = Capped::start();
+    let addr = api.addr;
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut pool = JoinSet::new();
@@ -346,39 +398,20 @@ async fn a_keep_alive_pool_larger_than_the_cap_does_not_lock_new_clients_out() {
         ));
     }
     // Once the cap is reached, the pool holds it; new clients come while it works.
-    let full = support::eventually(HANG, || support::fds(pid).1 - base_sockets >= CAP).await;
-    assert!(full, "the pool did not fill the cap");
-    let mut held = 0;
-    for _ in 0..5 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(
-            kit::health_status(addr, HANG).await,
-            Some(200),
-            "a new client's GET /health while the pool works"
-        );
-        held = held.max(support::fds(pid).1 - base_sockets);
-    }
+    api.until_full("pool").await;
+    let held = api.answers_new_clients("while the pool works").await;
     let posted = kit::post_event(addr, r#"{"type":"pool.newcomer"}"#).await;
     assert_eq!(posted.status, 201, "a new client's POST /events");
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, Ordering::Relaxed);
-    let mut seen = Seen::default();
-    while let Some(s) = pool.join_next().await {
-        seen.add(s.expect("a pool client does not panic"));
-    }
-    eprintln!(
-        "pool: {} answered, {} found closed before reuse, {} closing answers, {} retried",
-        seen.answered.len(),
-        seen.found_closed,
-        seen.closing_answers,
-        seen.retried.len()
-    );
+    let seen = Seen::join(pool).await;
+    seen.report("pool");
     assert!(seen.failed.is_empty(), "failed: {:?}", seen.failed);
     assert!(
         held <= CAP + 1,
         "{held} connections held with a cap of {CAP}"
     );
-    check_against_log(&log, &seen).await;
+    check_against_log(&api.log, &seen).await;
     let info = kit::get(addr, "/").await.json();
     assert!(
         info["connections"]["evicted_idle"].as_u64() >= Some(5),
@@ -391,9 +424,7 @@ async fn a_keep_alive_pool_larger_than_the_cap_does_not_lock_new_clients_out() {
 /// longest, which is closed cleanly between requests; the others stay open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parked_keep_alive_clients_make_room_longest_idle_first() {
-    let dir = TempDir::new();
-    let log = dir.0.join("api.log");
-    let api = start_capped(&dir, &log);
+    let api = Capped::start();
     let addr = api.addr;
 
     let mut parked = Vec::new();
@@ -436,11 +467,8 @@ async fn parked_keep_alive_clients_make_room_longest_idle_first() {
 /// sent on a new connection, which is never closed before its first request).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parked_clients_reconnecting_as_they_are_evicted_do_not_lock_new_clients_out() {
-    let dir = TempDir::new();
-    let log = dir.0.join("api.log");
-    let api = start_capped(&dir, &log);
-    let (addr, pid) = (api.addr, api.pid());
-    let base_sockets = support::fds(pid).1;
+    let api = Capped::start();
+    let addr = api.addr;
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut flood = JoinSet::new();
@@ -468,16 +496,8 @@ async fn parked_clients_reconnecting_as_they_are_evicted_do_not_lock_new_clients
             (answered, failed)
         });
     }
-    let full = support::eventually(HANG, || support::fds(pid).1 - base_sockets >= CAP).await;
-    assert!(full, "the flood did not fill the cap");
-    for _ in 0..5 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(
-            kit::health_status(addr, HANG).await,
-            Some(200),
-            "a new client's GET /health while the flood reconnects"
-        );
-    }
+    api.until_full("flood").await;
+    api.answers_new_clients("while the flood reconnects").await;
     stop.store(true, Ordering::Relaxed);
     let (mut answered, mut failed) = (0, Vec::new());
     while let Some(r) = flood.join_next().await {
@@ -499,11 +519,8 @@ async fn parked_clients_reconnecting_as_they_are_evicted_do_not_lock_new_clients
 /// stored once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn back_to_back_clients_lose_no_request_while_a_flood_holds_the_cap() {
-    let dir = TempDir::new();
-    let log = dir.0.join("api.log");
-    let api = start_capped(&dir, &log);
-    let (addr, pid) = (api.addr, api.pid());
-    let base_sockets = support::fds(pid).1;
+    let api = Capped::start();
+    let addr = api.addr;
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut honest = JoinSet::new();
@@ -532,30 +549,14 @@ async fn back_to_back_clients_lose_no_request_while_a_flood_holds_the_cap() {
             }
         });
     }
-    let full = support::eventually(HANG, || support::fds(pid).1 - base_sockets >= CAP).await;
-    assert!(full, "the flood did not fill the cap");
-    for _ in 0..5 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(
-            kit::health_status(addr, HANG).await,
-            Some(200),
-            "a new client"
-        );
-    }
+    api.until_full("flood").await;
+    api.answers_new_clients("while the flood holds the cap")
+        .await;
     stop.store(true, Ordering::Relaxed);
-    let mut seen = Seen::default();
-    while let Some(s) = honest.join_next().await {
-        seen.add(s.expect("an honest client does not panic"));
-    }
+    let seen = Seen::join(honest).await;
     let _ = flood_stop.send(());
     while flood.join_next().await.is_some() {}
-    eprintln!(
-        "back to back: {} answered, {} found closed before reuse, {} closing answers, {} retried",
-        seen.answered.len(),
-        seen.found_closed,
-        seen.closing_answers,
-        seen.retried.len()
-    );
+    seen.report("back to back");
     assert!(seen.failed.is_empty(), "failed: {:?}", seen.failed);
-    check_against_log(&log, &seen).await;
+    check_against_log(&api.log, &seen).await;
 }

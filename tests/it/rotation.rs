@@ -147,12 +147,10 @@ async fn rotation_under_load_keeps_every_event_whole_in_one_file() {
             all.extend(records);
         }
         let acked = crash::acked_ids(&sent);
-        let counts = support::event_counts(&all, "id");
-        support::assert_exactly_once(&acked, &counts);
-        assert_eq!(
-            counts.len(),
-            acked.len(),
-            "{sync}: unacknowledged events logged"
+        support::assert_just_the_acked(
+            &acked,
+            &all,
+            &format!("{sync}: unacknowledged events logged"),
         );
 
         let logged = with_msg(&all, "log file rotated");
@@ -373,13 +371,7 @@ async fn a_small_volume_never_fills_with_rotation_on() {
     for c in 0..8 {
         posters.spawn(post_many(addr, c, 1700, 1));
     }
-    let mut statuses = Vec::new();
-    let mut acked = Vec::new();
-    while let Some(r) = posters.join_next().await {
-        let (s, ids) = r.unwrap();
-        statuses.extend(s);
-        acked.extend(ids);
-    }
+    let (statuses, acked) = crash::join_posters(posters).await;
     done.store(true, Ordering::Relaxed);
     let (peak, min_free, samples, unhealthy) = sampler.await.unwrap();
     let info = log_info(addr).await;
@@ -452,12 +444,7 @@ async fn a_small_volume_never_fills_with_rotation_on() {
     for c in 0..8 {
         posters.spawn(post_many(addr, c, 1700, 3));
     }
-    let (mut statuses, mut acked) = (Vec::new(), Vec::new());
-    while let Some(r) = posters.join_next().await {
-        let (s, ids) = r.unwrap();
-        statuses.extend(s);
-        acked.extend(ids);
-    }
+    let (statuses, acked) = crash::join_posters(posters).await;
     let health = kit::get(addr, "/health").await;
     let big = format!(r#"{{"type":"bound.big","data":"{}"}}"#, "x".repeat(8000));
     let refused = kit::post_event(addr, &big).await;
@@ -473,13 +460,7 @@ async fn a_small_volume_never_fills_with_rotation_on() {
     assert_eq!(refused.status, 503);
     let (records, torn) = crash::scan(&log);
     assert!(torn.is_empty(), "{torn:?}");
-    let counts = support::event_counts(&records, "id");
-    support::assert_exactly_once(&acked, &counts);
-    assert_eq!(
-        counts.len(),
-        acked.len(),
-        "an event answered 503 is in the file"
-    );
+    support::assert_just_the_acked(&acked, &records, "an event answered 503 is in the file");
     eprintln!(
         "rotation off: {} events acknowledged, then {} answered 503 (disk full)",
         acked.len(),
@@ -605,38 +586,19 @@ async fn retention_deletes_what_gone_replicas_left_but_never_a_live_file() {
     }
 }
 
-/// Runs the binary as `cmd` to its exit (it must not start serving): exit code and stderr.
-fn run_to_exit(mut cmd: std::process::Command) -> (Option<i32>, String) {
-    cmd.stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().expect("the api binary starts");
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > HANG {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("still running after {HANG:?}: it started on a file it must not write");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// Two processes, one file: while one rotates the file, a second one, rotating or not,
 /// refuses to start with exit 1 and one line naming the file and the fix; the first goes on
 /// undisturbed. Processes that only append share a file as before, and then a rotating one
 /// refuses in turn.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_process_on_a_rotated_file_refuses_to_start() {
+    const REFUSE: &str = "it started on a file it must not write";
     let dir = TempDir::new();
     let log = dir.0.join("logs/api.log");
     let rotating = [("LOG_MAX_BYTES", "1MiB")];
     let mut first = support::spawn_api(&dir.0, &rotating);
     for (what, env) in [("rotating", &rotating[..]), ("appending", &[][..])] {
-        let (code, err) = run_to_exit(support::api_command(&dir.0, &log, env));
+        let (code, err, _) = support::run_to_exit(support::api_command(&dir.0, &log, env), REFUSE);
         assert_eq!(code, Some(1), "{what}: {err}");
         assert_eq!(
             err.trim_end().lines().count(),
@@ -662,7 +624,8 @@ async fn a_second_process_on_a_rotated_file_refuses_to_start() {
 
     let mut a = support::spawn_api(&dir.0, &[]);
     let mut b = support::spawn_api(&dir.0, &[]);
-    let (code, err) = run_to_exit(support::api_command(&dir.0, &log, &rotating));
+    let (code, err, _) =
+        support::run_to_exit(support::api_command(&dir.0, &log, &rotating), REFUSE);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("this process rotates it"), "{err}");
     for api in [&mut a, &mut b] {
@@ -787,41 +750,22 @@ async fn event_sync_data_syncs_the_new_directory_entry_before_answering() {
     };
     let dir = TempDir::new();
     let logs = dir.0.join("logs");
-    let trace = dir.0.join("trace");
-    let mut cmd = std::process::Command::new(strace);
-    cmd.args(["-f", "-qq", "-s", "256", "-e", "signal=none", "-e"])
-        .arg("trace=openat,linkat,rename,renameat,renameat2,fsync,fdatasync,write,writev,sendto,sendmsg")
-        .arg("-o")
-        .arg(&trace)
-        .args(support::api_argv())
-        .current_dir(&dir.0)
-        .env("HOST", "127.0.0.1")
-        .env("PORT", "0")
-        .env("LOG_FILE", logs.join("api.log"))
-        .env("EVENT_SYNC", "data")
-        .env("LOG_MAX_BYTES", "64KiB")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null());
-    let mut api = support::Api::start(cmd);
+    let traced = events::Traced::start(
+        strace,
+        256,
+        "openat,linkat,rename,renameat,renameat2,fsync,fdatasync,write,writev,sendto,sendmsg",
+        &dir.0,
+        &logs.join("api.log"),
+        &[("EVENT_SYNC", "data"), ("LOG_MAX_BYTES", "64KiB")],
+    );
     let body = format!(r#"{{"type":"traced","data":"{}"}}"#, "t".repeat(20_000));
     let mut n = 0;
     while rotated(&logs).len() < 2 {
-        assert_eq!(kit::post_event(api.addr, &body).await.status, 201);
+        assert_eq!(kit::post_event(traced.api.addr, &body).await.status, 201);
         n += 1;
         assert!(n < 50, "no two rotations after {n} events");
     }
-    let pid = events::child_of(api.pid());
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill(1) runs");
-    assert!(killed.success());
-    assert_eq!(api.wait_exit(HANG), Some(0), "{}", api.stderr());
-    let trace: Vec<String> = std::fs::read_to_string(&trace)
-        .expect("strace wrote its trace")
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let trace = traced.stop();
     let dump = || trace.join("\n");
     let logs_text = format!("\"{}\"", logs.display());
     let mut checked = 0;

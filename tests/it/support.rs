@@ -17,6 +17,8 @@ use api::shutdown::{self, Trigger};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
+use crate::kit::HANG;
+
 /// A scratch directory removed on drop.
 pub struct TempDir(pub PathBuf);
 
@@ -156,6 +158,14 @@ pub fn assert_exactly_once(acked: &[String], counts: &HashMap<String, usize>) {
     );
 }
 
+/// The event records are the acknowledged events, each exactly once, and no other (`other`
+/// says what another would be).
+pub fn assert_just_the_acked(acked: &[String], records: &[Value], other: &str) {
+    let counts = event_counts(records, "id");
+    assert_exactly_once(acked, &counts);
+    assert_eq!(counts.len(), acked.len(), "{other}");
+}
+
 /// Polls `cond` every 10 ms for up to `limit`; true if it held.
 pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
@@ -225,6 +235,12 @@ pub fn api_command(
     env: &[(&str, &str)],
 ) -> std::process::Command {
     let mut cmd = api_binary();
+    serve_in(&mut cmd, dir, log, env);
+    cmd
+}
+
+/// Sets up `cmd`, the binary or a program that runs it, as [`api_command`] does.
+pub fn serve_in(cmd: &mut Command, dir: &Path, log: &Path, env: &[(&str, &str)]) {
     cmd.current_dir(dir)
         .env("HOST", "127.0.0.1")
         .env("PORT", "0")
@@ -234,7 +250,6 @@ pub fn api_command(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd
 }
 
 impl Api {
@@ -320,6 +335,31 @@ impl Drop for Api {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs `cmd`, the binary set to refuse to start, to its exit: the exit code, stderr, and
+/// stdout if `cmd` pipes it. If it still runs after [`HANG`], it started: the test fails
+/// with `why` it must not have.
+pub fn run_to_exit(mut cmd: Command, why: &str) -> (Option<i32>, String, Vec<u8>) {
+    cmd.stderr(std::process::Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("{:?} does not run: {e}", cmd.get_program()));
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > HANG {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running after {HANG:?}: {why}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.stdout,
+    )
 }
 
 /// Starts the binary in `dir` with `LOG_FILE=dir/logs/api.log` and `env`.
