@@ -15,16 +15,32 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$(dirname "$0")/.."
 
-step "cargo fmt --check"
+# part NAME: starts a part of the test command; each part's time is printed as the next
+# begins, and all of them at the end.
+times=() part_name='' part_t0=0
+part() {
+  part_end
+  part_name=$1 part_t0=$SECONDS
+  step "$1"
+}
+part_end() {
+  if [ -n "$part_name" ]; then
+    times+=("$(printf '%5d s  %s' $((SECONDS - part_t0)) "$part_name")")
+    echo "($((SECONDS - part_t0)) s: $part_name)"
+  fi
+  part_name=''
+}
+
+part "cargo fmt --check"
 cargo fmt --check
-step "cargo clippy --all-targets -- -D warnings"
+part "cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
-step "cargo test"
+part "cargo test"
 cargo test --locked
 
 # The two share nothing (each its own build directories), so the supply-chain checks run
 # alongside the emulated suite; their output follows once both are done.
-step "aarch64: the test suite on the arm64 build under qemu-user (supply-chain checks alongside)"
+part "aarch64: the test suite on the arm64 build under qemu-user (supply-chain checks alongside)"
 supply_log=$(mktemp)
 t0=$(now)
 scripts/supply-chain-test.sh >"$supply_log" 2>&1 &
@@ -35,30 +51,30 @@ aarch64_rc=0
 scripts/aarch64-test.sh || aarch64_rc=$?
 supply_rc=0
 wait "$supply_pid" || supply_rc=$?
-step "supply chain: reproducible binary, dependency lists, SBOM, cargo deny"
+part "supply chain: reproducible binary, dependency lists, SBOM, cargo deny"
 cat "$supply_log"
 echo "(the emulated suite and these checks together: $(secs "$t0" "$(now)")s)"
 if [ "$aarch64_rc" != 0 ] || [ "$supply_rc" != 0 ]; then exit 1; fi
 
-step "Kubernetes manifests (kustomize render, schemas, restricted profile, checkov)"
+part "Kubernetes manifests (kustomize render, schemas, restricted profile, checkov)"
 scripts/lint-kubernetes.sh
-step "Prometheus: alert rules (promtool), the exposition, a real Prometheus scraping it"
+part "Prometheus: alert rules (promtool), the exposition, a real Prometheus scraping it"
 scripts/prometheus-test.sh
-step "log shipping: rsyslog into PostgreSQL, at least once across crashes and outages"
+part "log shipping: rsyslog into PostgreSQL, at least once across crashes and outages"
 scripts/shipping-test.sh
 
 if "${DOCKER:-docker}" info >/dev/null 2>&1; then
-  step "container lint (hadolint, compose schema)"
+  part "container lint (hadolint, compose schema)"
   scripts/lint-container.sh
-  step "container tests"
+  part "container tests"
   scripts/container-test.sh
-  step "images for linux/amd64 and linux/arm64: contents, labels, reproducible layers, arm64 run"
+  part "images for linux/amd64 and linux/arm64: contents, labels, reproducible layers, arm64 run"
   scripts/image-test.sh
-  step "Swarm: rolling update and rollback under load"
+  part "Swarm: rolling update and rollback under load"
   scripts/swarm-test.sh
-  step "compose + nginx: rolling restart under load"
+  part "compose + nginx: rolling restart under load"
   scripts/lb-test.sh
-  step "three-node Swarm: rolling update, drain and node loss under load"
+  part "three-node Swarm: rolling update, drain and node loss under load"
   scripts/multinode-test.sh
 elif [ "${CI:-}" = true ]; then
   echo "error: no Docker engine answers; the container tests are required in CI" >&2
@@ -66,3 +82,7 @@ elif [ "${CI:-}" = true ]; then
 else
   printf '\nNOTE: container tests NOT RUN: no Docker engine answers (start one, then re-run).\n' >&2
 fi
+
+part_end
+printf '\nTime per part:\n'
+printf '  %s\n' "${times[@]}"
