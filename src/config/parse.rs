@@ -237,7 +237,7 @@ fn log_rotation(
     })
 }
 
-/// The placeholder in `LOG_FILE` that becomes this machine's [`hostname`].
+/// The placeholder in `LOG_FILE` that becomes this machine's [`hostname()`].
 const HOSTNAME_PLACEHOLDER: &str = "{hostname}";
 
 /// `LOG_FILE` with `{hostname}` replaced, so that replicas sharing a volume each write a file

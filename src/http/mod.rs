@@ -31,7 +31,7 @@ use envelope::Envelope;
 use error::ApiError;
 pub(crate) use metrics::metrics;
 
-/// The routes, as `GET /` lists them: method(s), path, purpose. Keep in step with [`route`].
+/// The routes, as `GET /` lists them: method(s), path, purpose. Keep in step with [`handle`].
 const ROUTES: &[(&str, &str, &str)] = &[
     ("GET, HEAD", "/", "service information"),
     (

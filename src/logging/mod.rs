@@ -6,11 +6,13 @@
 //!   straight into the sink's buffer ([`Sink::access`]) or handed over whole and waited for
 //!   ([`Sink::append_event`]), which a logger's fire-and-forget interface cannot express.
 //!
-//! Files: `sink` owns the writer thread, the buffer and group commit; `file` opens, locks,
-//! writes and syncs the file and words its failures; `rotate` names, rotates and deletes
-//! files (`LOG_MAX_BYTES`, `LOG_KEEP`, `LOG_MAX_AGE`); `stats` holds what the writer counts
-//! and measures; `access` and `event` are the two record formats; `json` is the JSON writer
-//! they (and every other record) are written with; `stderr` writes to stderr.
+//! Files: `sink` is what connections call (buffer a record, wait for an event's write);
+//! `shared` is the state it shares with the writer thread; `writer` is that thread (group
+//! commit, sync, failures, rotation) and `upkeep` its chores between writes; `file` opens,
+//! locks, writes and syncs the file and words its failures; `rotate` names, rotates and
+//! deletes files (`LOG_MAX_BYTES`, `LOG_KEEP`, `LOG_MAX_AGE`); `stats` holds what the writer
+//! counts and measures; `access` and `event` are the two record formats; `json` is the JSON
+//! writer they (and every other record) are written with; `stderr` writes to stderr.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -24,15 +26,19 @@ mod event;
 mod file;
 pub(crate) mod json;
 mod rotate;
+mod shared;
 mod sink;
 mod stats;
 mod stderr;
+mod upkeep;
+mod writer;
 
 use json::Line;
 
 pub(crate) use access::Access;
 pub(crate) use event::EventRecord;
-pub use sink::{NotWritten, OpenError, Sink};
+pub use shared::NotWritten;
+pub use sink::{OpenError, Sink};
 pub use stats::{LogSnapshot, LogStats};
 pub use stderr::to_stderr;
 
