@@ -66,7 +66,7 @@ const HEX_PAIRS: [[u8; 2]; 256] = {
 };
 
 /// One id: 32 lowercase hex digits, kept inline (no allocation).
-#[derive(PartialEq, Eq, Hash)]
+#[cfg_attr(test, derive(PartialEq, Eq, Hash))]
 pub(crate) struct Id([u8; 32]);
 
 impl Id {
@@ -102,12 +102,6 @@ impl<'a> RequestId<'a> {
 impl<'a> From<&'a Id> for RequestId<'a> {
     fn from(id: &'a Id) -> RequestId<'a> {
         RequestId(&id.0)
-    }
-}
-
-impl Default for IdGen {
-    fn default() -> IdGen {
-        IdGen::new()
     }
 }
 

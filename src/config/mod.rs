@@ -21,6 +21,7 @@ mod parse;
 mod values;
 
 pub(crate) use hostname::hostname;
+pub(crate) use parse::HOSTNAME_PLACEHOLDER;
 pub use parse::parse;
 pub use values::IpNet;
 
@@ -118,15 +119,15 @@ impl Default for Config {
 }
 
 /// A setting: its flag, its environment variable, its default and one line of help.
-pub(super) struct Setting {
-    pub(super) flag: &'static str,
-    pub(super) env: &'static str,
-    pub(super) default: &'static str,
-    pub(super) help: &'static str,
+struct Setting {
+    flag: &'static str,
+    env: &'static str,
+    default: &'static str,
+    help: &'static str,
 }
 
 /// The table behind parsing and `--help`. Keep it in step with the README's config table.
-pub(super) const SETTINGS: &[Setting] = &[
+const SETTINGS: &[Setting] = &[
     Setting {
         flag: "--host",
         env: "HOST",
@@ -251,7 +252,7 @@ pub(super) const SETTINGS: &[Setting] = &[
 
 /// Invalid command line or environment; `main` prints it with the usage and exits 2.
 #[derive(Debug, PartialEq, Eq)]
-pub struct ConfigError(pub(super) String);
+pub struct ConfigError(String);
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

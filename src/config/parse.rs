@@ -238,7 +238,7 @@ fn log_rotation(
 }
 
 /// The placeholder in `LOG_FILE` that becomes this machine's [`hostname()`].
-const HOSTNAME_PLACEHOLDER: &str = "{hostname}";
+pub(crate) const HOSTNAME_PLACEHOLDER: &str = "{hostname}";
 
 /// `LOG_FILE` with `{hostname}` replaced, so that replicas sharing a volume each write a file
 /// of their own. A hostname that cannot be part of a file name is refused, not mangled.

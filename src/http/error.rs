@@ -38,7 +38,7 @@ pub(crate) enum ApiError {
 }
 
 impl ApiError {
-    pub(super) fn status(&self) -> StatusCode {
+    fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) | ApiError::Framing(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound => StatusCode::NOT_FOUND,

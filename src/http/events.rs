@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::HeaderValue;
 use hyper::http::request::Parts;
 use hyper::{Response, StatusCode};
 use time::OffsetDateTime;
@@ -36,13 +35,7 @@ pub(super) async fn post(
     let fields = BodyFields::of(&head.headers);
     fields.check_framing(&head.headers)?;
     fields.check_json(&head.headers)?;
-    let bytes = read_limited(
-        fields.content_length,
-        incoming,
-        app.cfg.max_body_bytes,
-        app.cfg.body_timeout,
-    )
-    .await?;
+    let bytes = read_limited(incoming, app.cfg.max_body_bytes, app.cfg.body_timeout).await?;
     let doc = rawjson::scan(&bytes).map_err(|e| match e {
         rawjson::Error::Syntax { .. } => ApiError::BadRequest(format!("malformed JSON: {e}")),
         rawjson::Error::DuplicateKey(_) => {
@@ -147,22 +140,11 @@ fn event_shape<'d>(doc: &'d Doc<'_>) -> Result<Event<'d>, ApiError> {
 /// Reads the whole body, refusing more than `limit` bytes (checked against `Content-Length`
 /// first, then while streaming, so a chunked body cannot slip past) and taking no longer than
 /// `timeout`.
-async fn read_limited(
-    content_length: Option<&HeaderValue>,
-    body: Incoming,
-    limit: usize,
-    timeout: Duration,
-) -> Result<Bytes, ApiError> {
-    if let Some(len) = content_length {
-        // hyper has already rejected a malformed Content-Length; this is only the size check.
-        let declared = len
-            .to_str()
-            .ok()
-            .and_then(|s| s.parse::<u64>().ok())
-            .unwrap_or(u64::MAX);
-        if declared > limit as u64 {
-            return Err(ApiError::TooLarge(limit));
-        }
+async fn read_limited(body: Incoming, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
+    // hyper parsed the Content-Length already: the body's size hint is that length (and 0 for
+    // a chunked body, whose size the stream check below catches).
+    if hyper::body::Body::size_hint(&body).lower() > limit as u64 {
+        return Err(ApiError::TooLarge(limit));
     }
     // A small body usually arrives with its head and is in hyper's buffer already: one poll
     // without a timer takes it, and arming the timer costs more than the rest of the read.

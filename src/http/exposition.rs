@@ -1,8 +1,8 @@
 //! The exposition: every metric of the service (what the request path counts, the log
 //! writer's numbers, the connection cap's, `/proc`) as the Prometheus text format (version
-//! 0.0.4) or, when the scraper asks for it, OpenMetrics 1.0. The two differ in three places, all handled by
-//! [`Writer`]: a counter's family name (OpenMetrics drops `_total` from it), the build info's
-//! type, and OpenMetrics' closing `# EOF`.
+//! 0.0.4) or, when the scraper asks for it, OpenMetrics 1.0. [`Writer`] handles where the two differ: a
+//! counter's family name (OpenMetrics drops `_total` from it), the build info's type, and
+//! OpenMetrics' closing `# EOF`.
 
 use std::fmt::{Display, Write as _};
 use std::sync::atomic::Ordering;

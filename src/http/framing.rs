@@ -20,9 +20,7 @@
 //! something to rely on.
 
 use hyper::HeaderMap;
-use hyper::header::{
-    CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, TRANSFER_ENCODING,
-};
+use hyper::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, TRANSFER_ENCODING};
 
 use super::error::ApiError;
 
@@ -33,10 +31,9 @@ const NAME_IN_ANSWER: usize = 64;
 /// lookup by name hashes the name each time, where the pass compares names, which for known
 /// names compares two small integers.
 pub(super) struct BodyFields<'a> {
-    /// The first `Content-Type`, how many there are, and the `Content-Length`.
+    /// The first `Content-Type`, and how many there are.
     content_type: Option<&'a HeaderValue>,
     content_types: usize,
-    pub(super) content_length: Option<&'a HeaderValue>,
     /// Whether any `Transfer-Encoding` or `Content-Encoding` is present; their values are
     /// read only then.
     transfer_encoding: bool,
@@ -48,7 +45,6 @@ impl BodyFields<'_> {
         let mut f = BodyFields {
             content_type: None,
             content_types: 0,
-            content_length: None,
             transfer_encoding: false,
             content_encoding: false,
         };
@@ -56,8 +52,6 @@ impl BodyFields<'_> {
             if name == CONTENT_TYPE {
                 f.content_type.get_or_insert(value);
                 f.content_types += 1;
-            } else if name == CONTENT_LENGTH {
-                f.content_length = Some(value);
             } else if name == TRANSFER_ENCODING {
                 f.transfer_encoding = true;
             } else if name == CONTENT_ENCODING {

@@ -1,7 +1,8 @@
 //! HTTP: the one router and a file per handler. [`handle`] routes every request with one
 //! `match` over method and path, and wraps it in the same envelope (request id, head checks,
 //! client address, the access record, the headers every answer carries; see `envelope`).
-//! Adding a route is one arm here and one new file.
+//! Adding a route is one arm here, its line in [`ROUTES`], and one new file (and, for its own
+//! series in the metrics, its name in `metrics::ROUTES`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -56,8 +57,8 @@ pub(crate) enum Answer<F> {
 
 /// The router: answers one request, in the envelope. The routes that need not wait are
 /// answered before this returns rather than in a future: hyper moves the future it is given
-/// into its connection state, and a future that holds the request costs more copying than
-/// the whole answer to `GET /health` (docs/performance.md). HEAD is served wherever GET is;
+/// into its connection state, and a future that holds the request makes every request pay
+/// for copying it (docs/performance.md). HEAD is served wherever GET is;
 /// hyper drops the body of HEAD answers.
 pub(crate) fn handle(
     app: &Arc<App>,

@@ -1,6 +1,6 @@
 //! The answer to a request head hyper could not parse. hyper answers such a head itself, before
-//! any of the service's code runs, with a status (400, or 431 for a head too large for its
-//! buffer or with too many fields) and nothing else: no body, none of the headers every answer
+//! any of the service's code runs, with a status (400; 431 for a head too large for its
+//! buffer or with too many fields; 414 for a request target too long for it) and nothing else: no body, none of the headers every answer
 //! of the service carries. The connection (`server::conn`) hands what hyper wrote to
 //! [`answer`], which gives the bytes to send instead: hyper's status line and `Date`, the
 //! service's headers, a new request id, `Connection: close` (hyper closes after it) and a

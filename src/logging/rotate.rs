@@ -15,10 +15,7 @@ use std::time::{Duration, SystemTime};
 use time::OffsetDateTime;
 
 use super::file;
-use crate::config::EventSync;
-
-/// The placeholder that `LOG_FILE`'s pattern keeps where each replica has its hostname.
-const PLACEHOLDER: &str = "{hostname}";
+use crate::config::{EventSync, HOSTNAME_PLACEHOLDER};
 
 /// Length of the rotation time in a rotated name: `20261202T044419.258123Z`.
 const STAMP_LEN: usize = 23;
@@ -47,7 +44,9 @@ impl Names {
         // The extension is the given name's, after its last dot, if that holds no
         // placeholder (a hostname may contain dots; the given text cannot).
         let ext = match pattern.rfind('.') {
-            Some(i) if i > 0 && !pattern[i..].contains(PLACEHOLDER) => pattern[i..].to_string(),
+            Some(i) if i > 0 && !pattern[i..].contains(HOSTNAME_PLACEHOLDER) => {
+                pattern[i..].to_string()
+            }
             _ => String::new(),
         };
         let ext = if live.len() > ext.len() && live.ends_with(&ext) {
@@ -60,7 +59,7 @@ impl Names {
         Names {
             dir: file::parent(path).to_path_buf(),
             pattern: pattern_stem
-                .split(PLACEHOLDER)
+                .split(HOSTNAME_PLACEHOLDER)
                 .map(str::to_string)
                 .collect(),
             live,

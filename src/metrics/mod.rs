@@ -24,8 +24,8 @@ const ROUTES: [&str; 4] = ["/", "/health", "/events", "other"];
 const METHODS: [&str; 4] = ["GET", "HEAD", "POST", "other"];
 /// The statuses the service answers with (those to heads the HTTP parser refused included,
 /// as route and method `other`); any other is counted as `other`.
-const STATUSES: [u16; 14] = [
-    200, 201, 400, 404, 405, 408, 413, 415, 422, 431, 500, 501, 503, 0,
+const STATUSES: [u16; 15] = [
+    200, 201, 400, 404, 405, 408, 413, 414, 415, 422, 431, 500, 501, 503, 0,
 ];
 
 /// What the request path counts.

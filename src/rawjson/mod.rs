@@ -21,13 +21,13 @@ use keys::{Key, duplicate, key_text, push_path_key};
 
 /// Deepest nesting accepted, counting the outermost value: serde_json's limit, so that any
 /// body accepted here is one a consumer reading the log with serde_json can read too.
-pub(crate) const MAX_DEPTH: usize = 128;
+const MAX_DEPTH: usize = 128;
 
 /// Longest number accepted, in characters as written (sign, digits, point, exponent), so that
 /// every number the log holds is one common readers take by default: Python's `json` refuses
 /// integers of over 4,300 digits unless told otherwise. No quantity a client sends needs more
 /// than a fraction of this (a 128-bit integer has 39 digits).
-pub(crate) const MAX_NUMBER: usize = 1000;
+const MAX_NUMBER: usize = 1000;
 
 /// A scanned document: the text without insignificant whitespace, and the members of the
 /// top-level value if it is an object.

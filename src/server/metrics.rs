@@ -7,7 +7,7 @@
 //!
 //! Its connections are of the API's socket and service types on purpose: hyper's connection
 //! code is then built once, as it is without this listener, and stays inlined into the
-//! API's; a second type cost every API request hundreds of instructions (docs/performance.md).
+//! API's; a second type made every API request costlier (docs/performance.md).
 
 use std::sync::Arc;
 use std::time::Duration;
