@@ -3,6 +3,7 @@
 //! request path and the log writer keep theirs; the metrics listener reads them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// Durations, in microseconds: 50 µs to 10 s.
 pub(crate) static DURATION_BOUNDS_US: [u64; 17] = [
@@ -47,6 +48,11 @@ impl Histogram {
         let bucket = bucket.unwrap_or(self.bounds.len());
         self.counts[bucket].fetch_add(1, Ordering::Relaxed);
         self.sum.fetch_add(value, Ordering::Relaxed);
+    }
+
+    /// Counts a duration, in microseconds (the unit of [`DURATION_BOUNDS_US`]).
+    pub(crate) fn observe_micros(&self, d: Duration) {
+        self.observe(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
     }
 
     /// The counts now. Read bucket by bucket while requests go on, so `count` and `sum` may be

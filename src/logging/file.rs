@@ -30,11 +30,23 @@ pub(super) enum TakeError {
     Held,
 }
 
+impl TakeError {
+    /// The operator's message: what failed, and what to do.
+    pub(super) fn message(&self, path: &Path, hold: Hold) -> String {
+        match self {
+            TakeError::Io(e) => open_error(path, e),
+            TakeError::Held => held_error(path, hold),
+        }
+    }
+}
+
 /// The log file, open for appending and locked.
 pub(super) struct Taken {
     pub(super) file: File,
     /// Why it is not locked, where its file system has no locks: it is used all the same.
     pub(super) unlocked: Option<io::Error>,
+    /// Its size once opened.
+    pub(super) size: u64,
 }
 
 /// How long taking the file waits for a lock held by another process: a retention sweep
@@ -89,8 +101,12 @@ pub(super) fn take(path: &Path, sync: EventSync, hold: Hold) -> Result<Taken, Ta
                 "the file at this path kept changing while it was being opened",
             )));
         }
-        finish_open(&file, path, sync, dir, &missing).map_err(TakeError::Io)?;
-        return Ok(Taken { file, unlocked });
+        let size = finish_open(&file, path, sync, dir, &missing).map_err(TakeError::Io)?;
+        return Ok(Taken {
+            file,
+            unlocked,
+            size,
+        });
     }
 }
 
@@ -101,11 +117,12 @@ fn finish_open(
     sync: EventSync,
     dir: &Path,
     missing: &[&Path],
-) -> io::Result<()> {
+) -> io::Result<u64> {
     // A file whose last line was cut short (a crash or power loss mid-write, by an older
     // writer) gets a newline first, so our first record is not glued onto the fragment.
     let meta = file.metadata()?;
-    if meta.is_file() && meta.len() > 0 {
+    let mut size = meta.len();
+    if meta.is_file() && size > 0 {
         let mut last = [0u8; 1];
         let read = File::open(path).and_then(|f| {
             use std::os::unix::fs::FileExt;
@@ -113,6 +130,7 @@ fn finish_open(
         });
         if read.is_ok() && last[0] != b'\n' {
             file.write_all(b"\n")?;
+            size += 1;
         }
     }
     if sync == EventSync::Data {
@@ -122,7 +140,7 @@ fn finish_open(
             sync_dir(created.parent().unwrap_or(Path::new("/")))?;
         }
     }
-    Ok(())
+    Ok(size)
 }
 
 /// Whether `file` is the file at `path` now (not renamed away or deleted since it was opened;
@@ -237,7 +255,7 @@ fn current_uid() -> Option<u32> {
 
 /// The operator's message for a log file that cannot be opened: the path, the uid, the
 /// cause and what to do.
-pub(super) fn open_error(path: &Path, e: &io::Error) -> String {
+fn open_error(path: &Path, e: &io::Error) -> String {
     let uid = current_uid().map_or_else(|| "unknown".to_string(), |u| u.to_string());
     let dir = parent(path);
     // Absolute, so that inside a container it reads `/app/logs`, the mount point.
@@ -257,7 +275,7 @@ pub(super) fn open_error(path: &Path, e: &io::Error) -> String {
 
 /// The operator's message for a log file that another process holds: why one writer is
 /// needed, and what to do.
-pub(super) fn held_error(path: &Path, hold: Hold) -> String {
+fn held_error(path: &Path, hold: Hold) -> String {
     let why = match hold {
         Hold::Exclusive => {
             "this process rotates it (LOG_MAX_BYTES is set), so it must be the file's only writer"

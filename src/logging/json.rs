@@ -144,18 +144,8 @@ pub(crate) struct Line<'a> {
 impl<'a> Line<'a> {
     /// Starts a record stamped now.
     pub(crate) fn start(buf: &'a mut Vec<u8>, level: Level, msg: &str) -> Line<'a> {
-        Line::start_at(buf, OffsetDateTime::now_utc(), level, msg)
-    }
-
-    /// Starts a record stamped `ts`.
-    pub(crate) fn start_at(
-        buf: &'a mut Vec<u8>,
-        ts: OffsetDateTime,
-        level: Level,
-        msg: &str,
-    ) -> Line<'a> {
         buf.extend_from_slice(b"{\"ts\":\"");
-        buf.extend_from_slice(&timestamp(ts));
+        buf.extend_from_slice(&timestamp(OffsetDateTime::now_utc()));
         buf.extend_from_slice(b"\",\"level\":\"");
         buf.extend_from_slice(level_name(level).as_bytes());
         buf.extend_from_slice(b"\",\"msg\":");
@@ -194,7 +184,8 @@ impl<'a> Line<'a> {
 
 /// What a byte needs in a JSON string: [`ESCAPE`] for `"`, `\\` and the controls below 0x20;
 /// [`TOKEN`] for the printable ASCII that may appear in a token; 0 for the rest (space, DEL,
-/// UTF-8 sequences), copied as they are. A table: per-byte comparisons cost twice as much.
+/// UTF-8 sequences), copied as they are. A table, so each byte is one lookup rather than a
+/// chain of comparisons.
 static CLASS: [u8; 256] = {
     let mut table = [0; 256];
     let mut b = 0;

@@ -39,7 +39,7 @@ pub(crate) use access::Access;
 pub(crate) use event::EventRecord;
 pub use shared::NotWritten;
 pub use sink::{OpenError, Sink};
-pub use stats::{LogSnapshot, LogStats};
+pub use stats::LogStats;
 pub use stderr::to_stderr;
 
 /// The fields that tie a record to its request, as the access and the event record both

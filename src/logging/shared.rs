@@ -1,8 +1,9 @@
 //! The state the log's two sides share: the request side (the [`Sink`](super::Sink)'s
 //! methods, which buffer records and wait for acknowledgements) and the writer thread
 //! (`writer`, `upkeep`), which takes the buffer, writes it and answers. Everything that
-//! crosses between them is here, behind two locks: `pending` (what the request side adds)
-//! and `output` (the file and what the writer knows about it).
+//! crosses between them is here: `pending` (what the request side adds), `output` (the file
+//! and what the writer knows about it), the failure the writer last met (read by `/health`),
+//! and the counters in `stats`.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -45,10 +46,8 @@ pub(super) struct Shared {
     pub(super) host: &'static str,
     pub(super) host_json: Box<[u8]>,
     pub(super) sync: EventSync,
-    /// `LOG_LEVEL`, for the writer thread's own records.
+    /// `LOG_LEVEL`: which access records are kept, and the writer thread's own records.
     pub(super) level: LevelFilter,
-    pub(super) access: bool,
-    pub(super) debug: bool,
     pub(super) pending: Mutex<Pending>,
     /// Wakes the background thread (first buffered record, reopen, close).
     pub(super) wake: Condvar,

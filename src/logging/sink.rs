@@ -17,12 +17,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 
-use log::{Level, LevelFilter};
+use log::Level;
 use tokio::sync::oneshot;
 
 use super::access::{Access, AccessFormat};
 use super::event::{self, EventRecord};
-use super::file::{self, Hold, TakeError, Taken, held_error, open_error};
+use super::file::{self, Hold, Taken};
 use super::json::{Line, json_str};
 use super::rotate::{self, Names};
 use super::shared::{FLUSH_BYTES, NotWritten, Output, Pending, Shared};
@@ -63,11 +63,11 @@ impl Sink {
         } else {
             Hold::Shared
         };
-        let Taken { file, unlocked } = match file::take(path, cfg.event_sync, hold) {
-            Ok(taken) => taken,
-            Err(TakeError::Io(e)) => return Err(OpenError(open_error(path, &e))),
-            Err(TakeError::Held) => return Err(OpenError(held_error(path, hold))),
-        };
+        let Taken {
+            file,
+            unlocked,
+            size,
+        } = file::take(path, cfg.event_sync, hold).map_err(|e| OpenError(e.message(path, hold)))?;
         let names = Names::new(path, &cfg.log_rotation.pattern);
         let host = config::hostname();
         let mut notices = Vec::new();
@@ -86,7 +86,6 @@ impl Sink {
                 stderr::to_stderr(String::from_utf8_lossy(&notices).trim_end());
             }
         }
-        let size = file.metadata().map_or(0, |m| m.len());
         let mut host_json = Vec::new();
         json_str(&mut host_json, host);
         let stats = LogStats::default();
@@ -114,8 +113,6 @@ impl Sink {
             host_json: host_json.into(),
             sync: cfg.event_sync,
             level: cfg.log_level,
-            access: cfg.log_level >= LevelFilter::Info,
-            debug: cfg.log_level >= LevelFilter::Debug,
             wake: Condvar::new(),
             output: Mutex::new(Output {
                 file,
@@ -130,13 +127,14 @@ impl Sink {
             failed: AtomicBool::new(false),
             writer: Mutex::new(None),
         });
+        let upkeep = Upkeep::new(&shared.rotation);
+        let tick = upkeep.tick();
         let worker = Arc::clone(&shared);
         let handle = thread::Builder::new()
             .name("log-writer".into())
-            .spawn(move || writer_loop(&worker))
+            .spawn(move || writer_loop(&worker, upkeep))
             .map_err(|e| OpenError(format!("cannot start the log writer thread: {e}")))?;
         *lock(&shared.writer) = Some(handle);
-        let tick = Upkeep::new(&shared.rotation).tick;
         let weak = Arc::downgrade(&shared);
         thread::Builder::new()
             .name("log-upkeep".into())
@@ -151,7 +149,7 @@ impl Sink {
     }
 
     /// The replica's name, which every record carries as `host`.
-    pub(crate) fn host(&self) -> &'static str {
+    pub(super) fn host(&self) -> &'static str {
         self.0.host
     }
 
@@ -159,8 +157,7 @@ impl Sink {
     pub(crate) fn enabled(&self, level: Level) -> bool {
         match level {
             Level::Error | Level::Warn => true,
-            Level::Info => self.0.access,
-            Level::Debug | Level::Trace => self.0.debug,
+            Level::Info | Level::Debug | Level::Trace => level <= self.0.level,
         }
     }
 

@@ -92,8 +92,7 @@ impl LogStats {
 
     /// Counts a sync of a batch that took `took`.
     pub(super) fn synced(&self, took: Duration) {
-        self.sync_us
-            .observe(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+        self.sync_us.observe_micros(took);
     }
 
     pub fn snapshot(&self) -> LogSnapshot {

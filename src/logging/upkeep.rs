@@ -1,7 +1,7 @@
 //! The writer thread's chores between writes: retention (`LOG_KEEP`, `LOG_MAX_AGE`), marking
 //! an idle file as alive so that other replicas' retention leaves it, and measuring the file
-//! and its volume for `GET /` and the metrics. A ticker thread asks for them, so that no
-//! write has to read the clock.
+//! and its volume for `GET /` and the metrics. A ticker thread asks for them, so that the
+//! writer's loop keeps no schedule of its own.
 
 use std::sync::atomic::Ordering;
 use std::thread;
@@ -18,8 +18,7 @@ use crate::lock;
 /// How often the volume's free space and the file's size are measured for `GET /`.
 const MEASURE_EVERY: Duration = Duration::from_secs(10);
 
-/// Asks the writer thread for its chores every `tick`, so that no write has to look at the
-/// clock; ends with the sink.
+/// Asks the writer thread for its chores every `tick`; ends with the sink.
 pub(super) fn ticker(shared: &std::sync::Weak<Shared>, tick: Duration) {
     loop {
         thread::sleep(tick);
@@ -37,12 +36,12 @@ pub(super) fn ticker(shared: &std::sync::Weak<Shared>, tick: Duration) {
 }
 
 /// The writer thread's chores between writes, each on its own period, counted in the ticks
-/// of the ticker thread (so no chore reads the clock either): retention every `LOG_MAX_AGE`/8,
-/// within 1 s to 5 min (and after every rotation, which runs it itself), marking an idle file
-/// alive on the same period, and measuring the file and its volume every [`MEASURE_EVERY`].
-/// Ticks that come while the writer is busy count once.
+/// of the ticker thread: retention every `LOG_MAX_AGE`/8 within the bounds in [`Upkeep::new`]
+/// (and after every rotation, which runs it itself), marking an idle file alive on the same
+/// period, and measuring the file and its volume every [`MEASURE_EVERY`]. Ticks that come
+/// while the writer is busy count once.
 pub(super) struct Upkeep {
-    pub(super) tick: Duration,
+    tick: Duration,
     ticks: u64,
     sweep_every: u64,
     measure_every: u64,
@@ -63,6 +62,11 @@ impl Upkeep {
             sweep_every: ticks(sweep),
             measure_every: ticks(MEASURE_EVERY),
         }
+    }
+
+    /// How often the ticker thread asks for the chores.
+    pub(super) fn tick(&self) -> Duration {
+        self.tick
     }
 
     pub(super) fn run(&mut self, shared: &Shared, out: &mut Output) {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use log::Level;
 use time::OffsetDateTime;
 
-use super::file::{self, TakeError, Taken, held_error, open_error, public_reason, write_batch};
+use super::file::{self, Taken, public_reason, write_batch};
 use super::json::Line;
 use super::rotate::{self, NotRotated};
 use super::shared::{FLUSH_INTERVAL, Failure, NotWritten, Output, Shared};
@@ -34,8 +34,7 @@ const ROTATE_RETRY: Duration = Duration::from_secs(10);
 /// The background thread: writes buffered records at most [`FLUSH_INTERVAL`] after they
 /// arrive, retries while the file is failing, reopens on request, runs its [`Upkeep`] between
 /// writes, and writes the rest on close.
-pub(super) fn writer_loop(shared: &Shared) {
-    let mut upkeep = Upkeep::new(&shared.rotation);
+pub(super) fn writer_loop(shared: &Shared, mut upkeep: Upkeep) {
     loop {
         let (reopen, chores, closing) = {
             let mut p = lock(&shared.pending);
@@ -95,22 +94,25 @@ fn reopen_file(shared: &Shared, out: &mut Output) -> Result<(), String> {
         return Ok(());
     }
     let msg = match file::take(&shared.path, shared.sync, shared.hold) {
-        Ok(Taken { file, unlocked }) => {
+        Ok(Taken {
+            file,
+            unlocked,
+            size,
+        }) => {
             if let Some(e) = unlocked {
                 shared.note(Level::Warn, "cannot lock log file", |l| {
                     l.str("path", &shared.path.display().to_string())
                         .str("error", &e.to_string());
                 });
             }
-            out.size = file.metadata().map_or(0, |m| m.len());
+            out.size = size;
             out.file = file;
             // A rotation waiting for this reopen may go ahead.
             out.rotate_after = None;
             shared.stats.file_bytes.store(out.size, Ordering::Relaxed);
             return Ok(());
         }
-        Err(TakeError::Io(e)) => open_error(&shared.path, &e),
-        Err(TakeError::Held) => held_error(&shared.path, shared.hold),
+        Err(e) => e.message(&shared.path, shared.hold),
     };
     stderr::record(Level::Error, &msg);
     Err(msg)
@@ -225,30 +227,31 @@ fn commit(shared: &Shared) -> MutexGuard<'_, Output> {
 fn write_out(shared: &Shared, out: &mut Output) -> (usize, Option<io::Error>, &'static str) {
     let max = shared.rotation.max_bytes;
     let mut done = 0;
+    let mut failed = None;
     while done < out.batch.len() {
         let rest = &out.batch[done..];
-        // Rotation off, room enough, or a failed rotation waiting for its retry: all of it.
-        let take = if max == 0
-            || rest.len() as u64 <= max.saturating_sub(out.size)
-            || out.rotate_after.is_some_and(|t| Instant::now() < t)
-        {
+        // Rotation off, or a failed rotation waiting for its retry: all of it.
+        let take = if max == 0 || out.rotate_after.is_some_and(|t| Instant::now() < t) {
             rest.len()
         } else {
             fit(rest, max.saturating_sub(out.size), out.size == 0)
         };
         if take == 0 {
             if let Err(e) = rotate_now(shared, out) {
-                return (0, Some(e), "sync");
+                failed = Some((e, "sync"));
+                break;
             }
             continue;
         }
         let (n, error) = write_batch(&mut out.file, &out.batch[done..done + take]);
         done += n;
         out.size += n as u64;
-        if error.is_some() {
-            return (done, error, "write");
+        if let Some(e) = error {
+            failed = Some((e, "write"));
+            break;
         }
     }
+    // What reached the file counts, whether or not the batch went whole.
     if done > 0 {
         out.wrote = true;
         shared.stats.file_bytes.store(out.size, Ordering::Relaxed);
@@ -257,7 +260,10 @@ fn write_out(shared: &Shared, out: &mut Output) -> (usize, Option<io::Error>, &'
             .written_bytes
             .fetch_add(done as u64, Ordering::Relaxed);
     }
-    (done, None, "write")
+    match failed {
+        None => (done, None, "write"),
+        Some((e, what)) => (done, Some(e), what),
+    }
 }
 
 /// How much of `rest` (whole records) goes into a file with `room` bytes left: all of it if it

@@ -64,7 +64,7 @@ impl Metrics {
         };
         let series = (route * METHODS.len() + method) * STATUSES.len() + status_index(status);
         self.requests[series].fetch_add(1, Ordering::Relaxed);
-        self.durations[route].observe(micros(duration));
+        self.durations[route].observe_micros(duration);
     }
 
     /// Counts a request whose head the HTTP parser refused, answered with `status`: route and
@@ -106,7 +106,7 @@ impl Metrics {
 
     /// Counts an event acknowledged `wait` after its record was handed to the sink.
     pub(crate) fn event_written(&self, wait: Duration) {
-        self.event_writes.observe(micros(wait));
+        self.event_writes.observe_micros(wait);
     }
 }
 
@@ -116,8 +116,4 @@ fn status_index(status: u16) -> usize {
         .iter()
         .position(|&s| s == status)
         .unwrap_or(STATUSES.len() - 1)
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }

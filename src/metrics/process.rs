@@ -2,12 +2,12 @@
 //! files say it all). A reading that fails is left out of the scrape rather than made up.
 
 use std::fs;
+use std::sync::OnceLock;
 
 /// Clock ticks per second in `/proc/<pid>/stat` (`USER_HZ`): 100 on every Linux ABI.
 const TICKS_PER_SECOND: f64 = 100.0;
 
 /// What `/proc` says about this process.
-#[derive(Default)]
 pub(crate) struct Process {
     /// User and system CPU time, in seconds.
     pub(crate) cpu_seconds: Option<f64>,
@@ -56,13 +56,17 @@ impl Process {
     }
 }
 
-/// The machine's boot time (`btime` in `/proc/stat`), in seconds since the Unix epoch.
+/// The machine's boot time (`btime` in `/proc/stat`), in seconds since the Unix epoch. Read
+/// once: it does not change, and `/proc/stat` is long on a machine with many CPUs.
 fn boot_time() -> Option<u64> {
-    fs::read_to_string("/proc/stat")
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("btime "))
-        .and_then(|v| v.trim().parse().ok())
+    static BOOT: OnceLock<Option<u64>> = OnceLock::new();
+    *BOOT.get_or_init(|| {
+        fs::read_to_string("/proc/stat")
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse().ok())
+    })
 }
 
 /// The soft limit on open files (`Max open files` in `/proc/self/limits`).
