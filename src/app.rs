@@ -23,7 +23,7 @@ pub struct App {
     pub(crate) started: Instant,
     /// Requests answered, for `GET /`.
     pub(crate) requests: AtomicU64,
-    /// Of those, heads the HTTP parser refused (see `http::unparsed`).
+    /// Heads the HTTP parser refused, answered by `http::unparsed` (not in `requests`).
     pub(crate) unparsed: AtomicU64,
     /// Events acknowledged with a 201, for `GET /`.
     pub(crate) events: AtomicU64,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 
 /// User-Agent prefix of the probe; its requests are access-logged at debug level only.
-pub(crate) const PROBE_AGENT: &[u8] = b"api-healthcheck/";
+pub(crate) const PROBE_AGENT: &str = "api-healthcheck/";
 
 /// Budget for the whole probe, inside the Dockerfile's 2 s HEALTHCHECK timeout, so that a slow
 /// server gets our one-line verdict rather than Docker's kill.
@@ -63,7 +63,7 @@ pub fn probe(cfg: &Config) -> Result<String, String> {
         .and_then(|()| stream.set_read_timeout(Some(remaining())))
         .map_err(|e| unhealthy(e.to_string()))?;
     let request = format!(
-        "GET /health HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: api-healthcheck/{}\r\nConnection: close\r\n\r\n",
+        "GET /health HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: {PROBE_AGENT}{}\r\nConnection: close\r\n\r\n",
         env!("CARGO_PKG_VERSION")
     );
     stream

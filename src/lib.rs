@@ -7,7 +7,7 @@
 //! In the order a request meets them; a module uses only those below it (`main.rs` wires
 //! the top ones together).
 //!
-//! - [`server`]: the listener, the accept loop, admission at the connection cap (evicting
+//! - `server`: the listener, the accept loop, admission at the connection cap (evicting
 //!   idle and slow connections), each connection's guarded socket, and the shutdown phases.
 //! - `http`: the one router (`match` over method and path) and a file per handler (`info`,
 //!   `health`, `events`), the envelope every request passes through (request id, head checks,
@@ -26,8 +26,9 @@
 //! - `rawjson`: the request body scanner (checks, minifies, refuses duplicate keys; never
 //!   re-encodes).
 //! - `ids`: request and event identifiers.
+//! - `healthcheck` and `prepare`: the one-shot commands `--healthcheck` and `--prepare-logs`
+//!   (the envelope knows the health check's `User-Agent`).
 //! - [`config`]: settings from the environment and flags, their parsing and validation.
-//! - `healthcheck` and `prepare`: the one-shot commands `--healthcheck` and `--prepare-logs`.
 
 mod app;
 pub mod config;

@@ -85,7 +85,7 @@ fn serve(cfg: Config) -> ExitCode {
 
     let result = runtime.block_on(async {
         let listener = api::listen(&cfg).await?;
-        let metrics = api::listen_metrics(&cfg).await?;
+        let metrics = api::listen_metrics(&cfg, &listener).await?;
         let shutdown = api::listen_for_signals(sink.clone())?;
         log::info!(
             addr:% = listener.local_addr()?,

@@ -1,8 +1,7 @@
 //! Shutdown: how it is asked for, and the one state that says how far it has gone.
 //!
 //! It is asked for through a [`Trigger`] (the signal handlers in `signals`, or a test): the
-//! first request starts it, a second forces it. It then runs in two phases, named by
-//! [`Phase`]:
+//! first request starts it, a second forces it. It then runs in two phases:
 //!
 //! 1. **Draining**, for `DRAIN_DELAY`: the listener stays open, because an orchestrator takes
 //!    a replica out of its load balancers only as it signals it (Kubernetes) or shortly before
@@ -60,15 +59,11 @@ impl Shutdown {
     }
 }
 
-/// How far a shutdown has gone.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Phase {
-    Serving = 0,
-    Draining = 1,
-    Closing = 2,
-}
+/// The phases after serving (0, the state's default), in the order they come.
+const DRAINING: u8 = 1;
+const CLOSING: u8 = 2;
 
-/// The server's [`Phase`], read by every request and connection, and the wake-up that
+/// How far a shutdown has gone, read by every request and connection, and the wake-up that
 /// connections waiting for a request hear when closing begins.
 #[derive(Default)]
 pub(crate) struct Phases {
@@ -77,35 +72,25 @@ pub(crate) struct Phases {
 }
 
 impl Phases {
-    /// The phase now. Relaxed for draining: an answer racing the request may go either way,
-    /// and nothing else is published through it. Closing is read with acquire, paired with
-    /// [`Phases::start_closing`], by connections deciding whether to wait for a request.
-    pub(crate) fn now(&self) -> Phase {
-        match self.phase.load(Ordering::Acquire) {
-            0 => Phase::Serving,
-            1 => Phase::Draining,
-            _ => Phase::Closing,
-        }
-    }
-
-    /// Whether shutdown has begun (draining or closing).
+    /// Whether shutdown has begun (draining or closing). Relaxed: an answer racing the
+    /// request may go either way, and nothing else is published through it.
     pub(crate) fn draining(&self) -> bool {
-        self.now() >= Phase::Draining
+        self.phase.load(Ordering::Relaxed) >= DRAINING
     }
 
-    /// Whether the listener has closed and idle connections must close too.
+    /// Whether the listener has closed and idle connections must close too. Acquire, paired
+    /// with [`Phases::start_closing`], for connections deciding whether to wait for a request.
     pub(crate) fn closing(&self) -> bool {
-        self.now() == Phase::Closing
+        self.phase.load(Ordering::Acquire) == CLOSING
     }
 
     pub(crate) fn start_draining(&self) {
-        self.phase
-            .fetch_max(Phase::Draining as u8, Ordering::AcqRel);
+        self.phase.fetch_max(DRAINING, Ordering::AcqRel);
     }
 
     /// Enters the closing phase and wakes every connection waiting for a request.
     pub(crate) fn start_closing(&self) {
-        self.phase.store(Phase::Closing as u8, Ordering::Release);
+        self.phase.store(CLOSING, Ordering::Release);
         self.closing.notify_waiters();
     }
 

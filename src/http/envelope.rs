@@ -116,7 +116,7 @@ impl<'a> Envelope<'a> {
             .user_agent
             .map_or(&b""[..], HeaderValue::as_bytes);
         let probe = (self.peer_ip.is_loopback()
-            && user_agent.starts_with(healthcheck::PROBE_AGENT))
+            && user_agent.starts_with(healthcheck::PROBE_AGENT.as_bytes()))
             || (user_agent.starts_with(KUBE_PROBE_AGENT) && probe_route(head));
         let level = if probe { Level::Debug } else { Level::Info };
         if app.sink.enabled(level) {

@@ -3,8 +3,8 @@
 //! - Diagnostics (startup, warnings, errors) go through `log` and fern, which formats them as
 //!   JSON records and sends them to stderr (for `docker logs`) and into the [`Sink`].
 //! - Access and event records, the per-request path, skip `log` and fern: they are formatted
-//!   straight into the sink's buffer ([`Sink::access`]) or handed over whole and waited for
-//!   ([`Sink::append_event`]), which a logger's fire-and-forget interface cannot express.
+//!   straight into the sink's buffer (`Sink::access`) or handed over whole and waited for
+//!   (`Sink::append_event`), which a logger's fire-and-forget interface cannot express.
 //!
 //! Files: `sink` is what connections call (buffer a record, wait for an event's write);
 //! `shared` is the state it shares with the writer thread; `writer` is that thread (group

@@ -55,7 +55,7 @@ impl Sink {
     /// thread. `LOG_LEVEL` decides whether access records (info) and health-probe records
     /// (debug) are kept; `EVENT_SYNC`, whether event records are synced to the disk before
     /// they are acknowledged. Every record names the replica that wrote it: `host`, the
-    /// [`config::hostname`].
+    /// `config::hostname`.
     pub fn open(cfg: &Config) -> Result<Sink, OpenError> {
         let path = &cfg.log_file;
         let hold = if cfg.log_rotation.enabled() {

@@ -198,7 +198,7 @@ impl Activity {
 /// admission never waits for both at once, and takes a wake-up meant for the other as a
 /// reason to look again), and one word holds whether it waits for a connection to evict
 /// (the low bit) and which connection was last reprieved (the rest: its [`Activity`]'s
-/// address, which is aligned): kept here, the state every connection carries stays as it is.
+/// address, which is aligned): kept here, so that no connection carries state for it.
 #[derive(Default)]
 pub(super) struct Signals {
     word: AtomicUsize,

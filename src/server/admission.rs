@@ -282,7 +282,7 @@ impl Admission {
                 }
                 log::warn!(
                     max_connections = self.app.cfg.max_connections as u64,
-                    open = self.open() as u64,
+                    open = now.open,
                     period_ms = SUMMARY_EVERY.as_millis() as u64,
                     at_cap_ms = at_cap.as_millis() as u64,
                     evicted_idle = now.evicted_idle - last.evicted_idle,

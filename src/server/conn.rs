@@ -205,9 +205,7 @@ impl Guarded {
         if new_waker(&mut self.waker, cx) {
             self.activity.set_waker(self.waker.clone());
         }
-        if self.head.as_ref().is_some_and(|h| h.after != started) {
-            self.head = None; // the timed head arrived
-        }
+        self.settle_head(started);
         let head = self
             .head
             .as_mut()
@@ -232,11 +230,16 @@ impl Guarded {
         self.signals.parked();
     }
 
+    /// Forgets the head clock once the head it timed has arrived (a request began since).
+    fn settle_head(&mut self, started: u32) {
+        if self.head.as_ref().is_some_and(|h| h.after != started) {
+            self.head = None;
+        }
+    }
+
     /// Bytes of a head after `started` requests have been read.
     fn head_bytes(&mut self, started: u32) {
-        if self.head.as_ref().is_some_and(|h| h.after != started) {
-            self.head = None; // the timed head arrived
-        }
+        self.settle_head(started);
         match &mut self.head {
             None => {
                 self.head = Some(HeadClock {
@@ -365,9 +368,7 @@ impl AsyncRead for Guarded {
                 Some(_) => {}
             }
         }
-        if this.head.as_ref().is_some_and(|h| h.after != started) {
-            this.head = None; // the timed head arrived
-        }
+        this.settle_head(started);
         if this.head.as_ref().is_some_and(|h| h.registered)
             && this.head_deadline.as_mut().poll(cx).is_ready()
         {

@@ -13,18 +13,7 @@ use crate::config::Config;
 /// tokio nor std can clear `IPV6_V6ONLY` without unsafe code or another crate) and falls back
 /// to `0.0.0.0` where the kernel has IPv6 off. An address the user chose has no fallback.
 pub async fn listen(cfg: &Config) -> io::Result<TcpListener> {
-    listen_on(cfg, cfg.port).await
-}
-
-/// Binds the metrics port, if it is on, as [`listen`] binds the API's.
-pub async fn listen_metrics(cfg: &Config) -> io::Result<Option<TcpListener>> {
-    match cfg.metrics_port {
-        Some(port) => listen_on(cfg, port).await.map(Some),
-        None => Ok(None),
-    }
-}
-
-async fn listen_on(cfg: &Config, port: u16) -> io::Result<TcpListener> {
+    let port = cfg.port;
     let addr = SocketAddr::new(cfg.host, port);
     let listener = match bind_socket(addr) {
         Err(e) if cfg.host_fallback && ipv6_unavailable(&e) => {
@@ -40,6 +29,16 @@ async fn listen_on(cfg: &Config, port: u16) -> io::Result<TcpListener> {
         );
     }
     Ok(listener)
+}
+
+/// Binds the metrics port, if it is on, on the address the API's listener got (so the
+/// fallback and its warnings happen once, in [`listen`]).
+pub async fn listen_metrics(cfg: &Config, api: &TcpListener) -> io::Result<Option<TcpListener>> {
+    let Some(port) = cfg.metrics_port else {
+        return Ok(None);
+    };
+    let addr = SocketAddr::new(api.local_addr()?.ip(), port);
+    bind_socket(addr).map(Some).map_err(|e| bind_error(addr, e))
 }
 
 /// Whether a bind to `::` failed because this kernel has no usable IPv6: no IPv6 sockets at all

@@ -5,9 +5,8 @@
 //! shutdown), and a connection lives at most [`CONNECTION_LIFETIME`], so the few slots
 //! always come back.
 //!
-//! Its connections are of the API's socket and service types on purpose: hyper's connection
-//! code is then built once, as it is without this listener, and stays inlined into the
-//! API's; a second type made every API request costlier (docs/performance.md).
+//! Its connections are of the API's socket and service types on purpose (see `service` in
+//! the server module).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -134,7 +134,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, mut shutdown: Shutdown) -
 }
 
 /// Which listener a connection came in on.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum Listener {
     Api,
     Metrics,
@@ -142,9 +142,9 @@ enum Listener {
 
 /// What hyper calls for each request of one connection: the router, or on the metrics
 /// listener the exposition, telling the connection's `activity` when each request begins and
-/// ends. One function for both listeners on purpose: hyper's connection code is built once
-/// per service type, and a second type stopped it being inlined into the API's connections
-/// (docs/performance.md).
+/// ends. Keep one function and one socket type for both listeners: hyper's connection code
+/// is built once per type, and stays inlined into the API's connections only while there is
+/// one (docs/performance.md).
 fn service(
     app: Arc<App>,
     activity: Arc<Activity>,
