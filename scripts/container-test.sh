@@ -339,7 +339,8 @@ size0=$(stat -c %s "$LOG"); sha0=$(head -c "$size0" "$LOG" | sha256sum | cut -d'
 dc down >"$WORK/down.log" 2>&1 || { cat "$WORK/down.log"; fail "compose down"; }
 dc up -d >"$WORK/up2.log" 2>&1 || { cat "$WORK/up2.log"; die "compose up after down"; }
 OLD=$API; API=$(cid_of "$PROJECT" api)
-check "down + up made a new container" [ -n "$API" ] && [ "$API" != "$OLD" ]
+# shellcheck disable=SC2016  # expanded by the inner bash
+check "down + up made a new container" bash -c '[ -n "$1" ] && [ "$1" != "$2" ]' _ "$API" "$OLD"
 CODE=none
 wait_health "$API" healthy 60 && http POST "http://127.0.0.1:$PORT/events" '{"type":"ctest-after-down-up"}'
 check "after down + up: healthy, event 201 ($CODE)" [ "$CODE" = 201 ]

@@ -386,7 +386,7 @@ stop_load drain
 # shellcheck disable=SC2086
 codes=$(exit_codes $drained_tasks)
 check "the drained node's $(wc -w <<<"$drained_tasks") task(s) exited 0 after draining ($codes)" \
-  [ -n "$codes" ] && [ "$codes" = "$(wc -w <<<"$drained_tasks")x0" ]
+  [ "$codes" = "$(wc -w <<<"$drained_tasks")x0" ]
 figure "phase 2: drain of $DRAIN ($(wc -w <<<"$drained_tasks") tasks): tasks elsewhere after ${t_moved:-?}s, its tasks stopped after ${t_stopped:-?}s; tasks now: $(counts)"
 nginx_figures "phase 2" drain
 judge drain "phase 2 (drain)"
