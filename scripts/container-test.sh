@@ -310,9 +310,20 @@ check "docker top shows uid 10001" bash -c "$DOCKER top $API -o pid,uid,comm | g
 # The container-level checks of the CIS Docker Benchmark, as docker-bench-security's sections
 # 4 and 5 run them (scripts/cis-container.py says which and why the others are left out).
 note "CIS Docker Benchmark, container checks"
+# A crash prints no verdict, or fewer than it should: no verdict at all, or a non-zero exit
+# without a FAIL line, is a failure of its own.
+cis_rc=0
+DOCKER="$DOCKER" python3 "$REPO/scripts/cis-container.py" "$API" >"$WORK/cis.out" || cis_rc=$?
+cis_verdicts=0 cis_fails=0
 while IFS=$'\t' read -r verdict what; do
-  if [ "$verdict" = PASS ]; then pass "CIS $what"; else fail "CIS $what"; fi
-done < <(DOCKER="$DOCKER" python3 "$REPO/scripts/cis-container.py" "$API" || true)
+  cis_verdicts=$((cis_verdicts + 1))
+  if [ "$verdict" = PASS ]; then pass "CIS $what"; else fail "CIS $what"; cis_fails=$((cis_fails + 1)); fi
+done <"$WORK/cis.out"
+if [ "$cis_verdicts" -eq 0 ]; then
+  fail "CIS: scripts/cis-container.py gave no verdict (exit $cis_rc)"
+elif [ "$cis_rc" -ne 0 ] && [ "$cis_fails" -eq 0 ]; then
+  fail "CIS: scripts/cis-container.py exited $cis_rc without a FAIL line"
+fi
 
 # ---- 6. logs on the host -------------------------------------------------------------------
 note "logs on the host"
