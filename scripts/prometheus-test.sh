@@ -32,6 +32,7 @@ WORK=$(mktemp -d /tmp/api-prom.XXXXXX)
 api_pid='' prom_pid='' compose_up=''
 
 cleanup() {
+  local rc=$?
   set +e
   trap - EXIT INT TERM HUP
   [ -n "$prom_pid" ] && kill "$prom_pid" 2>/dev/null && wait "$prom_pid" 2>/dev/null
@@ -41,6 +42,7 @@ cleanup() {
     "$DOCKER" image rm -f "$IMAGE" >/dev/null 2>&1
   fi
   rm -rf "$WORK"
+  exit_with_report "$rc"
 }
 on_exit cleanup
 
@@ -178,6 +180,3 @@ check "api_events_accepted_total rose by exactly the $acked acknowledged events 
   rose_to "$want_events" "$events_after"
 health=$(query "sum(http_requests_total{$inst,route='/health',code='200'})")
 figure "requests sent $REQUESTS (events acknowledged $acked); Prometheus: http_requests_total $before -> $after, /health 200s $health"
-
-report_checks
-[ "$failed" -eq 0 ]

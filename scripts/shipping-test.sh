@@ -105,7 +105,7 @@ cleanup() {
     done
   fi
   [ -n "${SHIP_KEEP:-}" ] || rm -rf "$WORK"
-  exit "$rc"
+  exit_with_report "$rc"
 }
 on_exit cleanup
 
@@ -391,5 +391,3 @@ else
 fi
 
 figure "cost: $((SECONDS - started))s in all"
-report_checks
-[ "$failed" -eq 0 ]
