@@ -136,7 +136,6 @@ assert n > 0' "$1" 2>/dev/null
 prefix_kept() { # prefix_kept FILE SIZE SHA: the first SIZE bytes are unchanged (appended only)
   [ "$(head -c "$2" "$1" | sha256sum | cut -d' ' -f1)" = "$3" ] && [ "$(stat -c %s "$1")" -gt "$2" ]
 }
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # ---- 0. preflight --------------------------------------------------------------------------
 note "preflight"
@@ -152,9 +151,7 @@ done
 
 # The stack runs from a copy of the working tree (what a commit would hold) without logs/:
 # the engine then creates ./logs root-owned, the harder first-run case.
-mkdir -p "$DIR"
-(cd "$REPO" && git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf -) |
-  tar -C "$DIR" -xf - || die "copy the working tree"
+copy_tree "$REPO" "$DIR" || die "copy the working tree"
 rm -rf "$DIR/logs"
 
 # ---- 1. build and image contract -----------------------------------------------------------

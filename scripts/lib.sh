@@ -62,6 +62,20 @@ secs() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]
 note() { echo "---- $*"; }                # a group of checks
 step() { printf '\n==> %s\n' "$*"; }      # a stage of a longer command
 
+# ---- files and ports -----------------------------------------------------------------------
+# copy_tree SRC DEST: the tracked and untracked, not ignored, files of the working tree at SRC
+# into DEST (created): what a commit would hold, without build output or logs.
+copy_tree() {
+  mkdir -p "$2" &&
+    (cd "$1" && git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf -) |
+    tar -C "$2" -xf -
+}
+
+# port_free PORT: nothing listens on 127.0.0.1:PORT.
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# free_port: a port on 127.0.0.1 that was free a moment ago (the kernel's choice).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
 # ---- clean-up ------------------------------------------------------------------------------
 # on_exit FUNC: run FUNC when the script exits, however it exits; a signal exits with 130,
 # which runs FUNC through the EXIT trap. FUNC should start with `trap - EXIT INT TERM HUP`.

@@ -51,7 +51,6 @@ for tool in promtool prometheus curl python3 cargo; do
 done
 cd "$REPO" || exit 2
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 # query EXPR: the value of an instant query's first sample, or nothing.
 query() {
   curl -sf --max-time 5 "http://127.0.0.1:$PROM_PORT/api/v1/query" --data-urlencode "query=$1" |

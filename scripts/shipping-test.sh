@@ -110,7 +110,6 @@ cleanup() {
 on_exit cleanup
 
 not() { ! "$@"; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # ---- PostgreSQL: a private cluster on 127.0.0.1 ---------------------------------------------
 PG_PORT=$(free_port)
