@@ -31,17 +31,19 @@ report_checks() {
   echo "$passed passed, $failed failed, $skipped skipped"
 }
 
-# verdicts: counts the "PASS ...", "FAIL ..." and "FIGURE ..." lines on stdin (a verifier's
-# output) as this script's checks and figures, and echoes the other lines. Feed it with
-# `verdicts < <(CMD)`: after a pipe it would count in a subshell.
+# verdicts [PREFIX]: counts the "PASS ...", "FAIL ..." and "FIGURE ..." lines on stdin (a
+# verifier's output) as this script's checks and figures, each named with PREFIX in front,
+# and echoes the other lines as they are. Feed it with `verdicts < <(CMD)`: after a pipe it
+# would count in a subshell.
+# shellcheck disable=SC2120  # PREFIX is optional
 verdicts() {
-  local verdict rest
-  while read -r verdict rest; do
-    case $verdict in
-      PASS) pass "$rest" ;;
-      FAIL) fail "$rest" ;;
-      FIGURE) figure "$rest" ;;
-      *) echo "$verdict $rest" ;;
+  local line prefix=${1:-}
+  while IFS= read -r line; do
+    case $line in
+      "PASS "*) pass "$prefix${line#PASS }" ;;
+      "FAIL "*) fail "$prefix${line#FAIL }" ;;
+      "FIGURE "*) figure "$prefix${line#FIGURE }" ;;
+      *) printf '%s\n' "$line" ;;
     esac
   done
 }
