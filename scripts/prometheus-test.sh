@@ -21,7 +21,6 @@ set -uo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-DIR=$REPO
 DOCKER=${DOCKER:-docker}
 read -ra COMPOSE <<<"${COMPOSE:-docker-compose}"
 BUILDER_IMAGE=${BUILDER_IMAGE:-rust:1.95-slim-bookworm}
@@ -29,6 +28,10 @@ REQUESTS=${PT_REQUESTS:-300}
 PROJECT=apiprom$$
 IMAGE=api:prom$$
 WORK=$(mktemp -d /tmp/api-prom.XXXXXX)
+chmod 755 "$WORK"   # the containers' uid reaches the stack's ./logs inside
+# The compose stack runs from a copy of the working tree, so its ./logs (handed to the
+# service's uid by log-init) and the log in it stay out of the checkout.
+DIR=$WORK/api
 api_pid='' prom_pid='' compose_up=''
 
 cleanup() {
@@ -108,6 +111,8 @@ targets="'127.0.0.1:$METRICS'"
 if "$DOCKER" info >/dev/null 2>&1; then
   note "the compose stack with compose.metrics.yaml"
   CPORT=$(free_port) CMETRICS=$(free_port)
+  copy_tree "$REPO" "$DIR" || die "copy the working tree"
+  rm -rf "$DIR/logs"
   compose_up=1
   compose_env() { API_PUBLISH=127.0.0.1:$CPORT METRICS_PUBLISH=127.0.0.1:$CMETRICS "$@"; }
   if compose_env compose -f compose.yaml -f compose.metrics.yaml up -d --build >"$WORK/compose.out" 2>&1; then
