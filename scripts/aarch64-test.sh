@@ -10,9 +10,9 @@
 # (Debian: qemu-user-static) and file(1). Without them it SKIPs, a failure under CI=true.
 # Environment:
 #   API_TIME_FACTOR [10]  how much longer the tests give the emulated binary where they give
-#                         it a span of time to work in (tests/it/support.rs, time_factor);
-#                         measured: an emulated debug build does about a ninth of the
-#                         native work in the same time
+#                         it a span of time to work in (tests/it/support.rs, time_factor):
+#                         emulation's slowdown with some margin (docs/testing.md has the
+#                         measured slowdown)
 set -uo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

@@ -136,7 +136,6 @@ assert n > 0' "$1" 2>/dev/null
 prefix_kept() { # prefix_kept FILE SIZE SHA: the first SIZE bytes are unchanged (appended only)
   [ "$(head -c "$2" "$1" | sha256sum | cut -d' ' -f1)" = "$3" ] && [ "$(stat -c %s "$1")" -gt "$2" ]
 }
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # ---- 0. preflight --------------------------------------------------------------------------
 note "preflight"
@@ -152,9 +151,7 @@ done
 
 # The stack runs from a copy of the working tree (what a commit would hold) without logs/:
 # the engine then creates ./logs root-owned, the harder first-run case.
-mkdir -p "$DIR"
-(cd "$REPO" && git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf -) |
-  tar -C "$DIR" -xf - || die "copy the working tree"
+copy_tree "$REPO" "$DIR" || die "copy the working tree"
 rm -rf "$DIR/logs"
 
 # ---- 1. build and image contract -----------------------------------------------------------
@@ -310,9 +307,20 @@ check "docker top shows uid 10001" bash -c "$DOCKER top $API -o pid,uid,comm | g
 # The container-level checks of the CIS Docker Benchmark, as docker-bench-security's sections
 # 4 and 5 run them (scripts/cis-container.py says which and why the others are left out).
 note "CIS Docker Benchmark, container checks"
+# A crash prints no verdict, or fewer than it should: no verdict at all, or a non-zero exit
+# without a FAIL line, is a failure of its own.
+cis_rc=0
+DOCKER="$DOCKER" python3 "$REPO/scripts/cis-container.py" "$API" >"$WORK/cis.out" || cis_rc=$?
+cis_verdicts=0 cis_fails=0
 while IFS=$'\t' read -r verdict what; do
-  if [ "$verdict" = PASS ]; then pass "CIS $what"; else fail "CIS $what"; fi
-done < <(DOCKER="$DOCKER" python3 "$REPO/scripts/cis-container.py" "$API" || true)
+  cis_verdicts=$((cis_verdicts + 1))
+  if [ "$verdict" = PASS ]; then pass "CIS $what"; else fail "CIS $what"; cis_fails=$((cis_fails + 1)); fi
+done <"$WORK/cis.out"
+if [ "$cis_verdicts" -eq 0 ]; then
+  fail "CIS: scripts/cis-container.py gave no verdict (exit $cis_rc)"
+elif [ "$cis_rc" -ne 0 ] && [ "$cis_fails" -eq 0 ]; then
+  fail "CIS: scripts/cis-container.py exited $cis_rc without a FAIL line"
+fi
 
 # ---- 6. logs on the host -------------------------------------------------------------------
 note "logs on the host"
@@ -339,7 +347,8 @@ size0=$(stat -c %s "$LOG"); sha0=$(head -c "$size0" "$LOG" | sha256sum | cut -d'
 dc down >"$WORK/down.log" 2>&1 || { cat "$WORK/down.log"; fail "compose down"; }
 dc up -d >"$WORK/up2.log" 2>&1 || { cat "$WORK/up2.log"; die "compose up after down"; }
 OLD=$API; API=$(cid_of "$PROJECT" api)
-check "down + up made a new container" [ -n "$API" ] && [ "$API" != "$OLD" ]
+# shellcheck disable=SC2016  # expanded by the inner bash
+check "down + up made a new container" bash -c '[ -n "$1" ] && [ "$1" != "$2" ]' _ "$API" "$OLD"
 CODE=none
 wait_health "$API" healthy 60 && http POST "http://127.0.0.1:$PORT/events" '{"type":"ctest-after-down-up"}'
 check "after down + up: healthy, event 201 ($CODE)" [ "$CODE" = 201 ]

@@ -41,7 +41,6 @@ command -v python3 >/dev/null || cannot_run "needs curl and python3"
 "$DOCKER" image inspect "$IMAGE" >/dev/null 2>&1 || cannot_run "no image $IMAGE: build it first"
 "$DOCKER" network create "$NAME" >/dev/null || cannot_run "cannot create network $NAME"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 state() { "$DOCKER" inspect -f "$1" "$2" 2>/dev/null; }
 host_pid() { state '{{.State.Pid}}' "$1"; }
 

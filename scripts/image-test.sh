@@ -63,7 +63,6 @@ cli_major=$("$DOCKER" version -f '{{.Client.Version}}' 2>/dev/null | cut -d. -f1
 for tool in "$QEMU" file curl git python3; do
   command -v "$tool" >/dev/null || die "$tool is needed (Debian: qemu-user-static, file, curl)"
 done
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 port_free "$PORT" || die "127.0.0.1:$PORT is in use (set IT_PORT)"
 
 meta=$(cargo metadata --no-deps --format-version 1 --offline) || die "cargo metadata"
@@ -79,12 +78,8 @@ check "the Dockerfile's default VERSION is Cargo.toml's ($version)" \
 
 # ---- builds --------------------------------------------------------------------------------
 # Each build reads its own copy of the working tree (what a commit would hold).
-copy_tree() {
-  mkdir -p "$1" && git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - |
-    tar -C "$1" -xf -
-}
-copy_tree "$WORK/a/api" || die "copy the working tree"
-copy_tree "$WORK/b/other/place" || die "copy the working tree"
+copy_tree "$REPO" "$WORK/a/api" || die "copy the working tree"
+copy_tree "$REPO" "$WORK/b/other/place" || die "copy the working tree"
 # build PLATFORM TAG DIR [--no-cache]: BuildKit build for PLATFORM; prints the seconds. It runs
 # in a command substitution: the caller adds TAG to `images`.
 build() {

@@ -75,16 +75,14 @@ note "preflight"
 "$DOCKER" info >/dev/null 2>&1 || cannot_run "no Docker engine answers ($DOCKER info)"
 "${COMPOSE[@]}" version >/dev/null 2>&1 || cannot_run "${COMPOSE[*]} not found"
 for tool in curl python3; do command -v "$tool" >/dev/null || cannot_run "needs $tool"; done
-! (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null || cannot_run "127.0.0.1:$PORT is in use (set LT_PORT)"
+port_free "$PORT" || cannot_run "127.0.0.1:$PORT is in use (set LT_PORT)"
 "$DOCKER" image inspect "$NGINX_IMAGE" >/dev/null 2>&1 || timeout 300 "$DOCKER" pull -q "$NGINX_IMAGE" >/dev/null ||
   cannot_run "no nginx image $NGINX_IMAGE (set NGINX_IMAGE)"
 # A /24 for the bridge that no network of this engine overlaps (compose.nginx.yaml's LB_NET).
 LB_NET=$(free_net24 172.29 90)
 [ -n "$LB_NET" ] || cannot_run "no free /24 in 172.29.0.0/16 for the bridge"
 
-mkdir -p "$DIR"
-(cd "$REPO" && git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf -) |
-  tar -C "$DIR" -xf - || die "copy the working tree"
+copy_tree "$REPO" "$DIR" || die "copy the working tree"
 rm -rf "$DIR/logs"
 
 # ---- 1. up --scale api=3 -------------------------------------------------------------------

@@ -31,17 +31,19 @@ report_checks() {
   echo "$passed passed, $failed failed, $skipped skipped"
 }
 
-# verdicts: counts the "PASS ...", "FAIL ..." and "FIGURE ..." lines on stdin (a verifier's
-# output) as this script's checks and figures, and echoes the other lines. Feed it with
-# `verdicts < <(CMD)`: after a pipe it would count in a subshell.
+# verdicts [PREFIX]: counts the "PASS ...", "FAIL ..." and "FIGURE ..." lines on stdin (a
+# verifier's output) as this script's checks and figures, each named with PREFIX in front,
+# and echoes the other lines as they are. Feed it with `verdicts < <(CMD)`: after a pipe it
+# would count in a subshell.
+# shellcheck disable=SC2120  # PREFIX is optional
 verdicts() {
-  local verdict rest
-  while read -r verdict rest; do
-    case $verdict in
-      PASS) pass "$rest" ;;
-      FAIL) fail "$rest" ;;
-      FIGURE) figure "$rest" ;;
-      *) echo "$verdict $rest" ;;
+  local line prefix=${1:-}
+  while IFS= read -r line; do
+    case $line in
+      "PASS "*) pass "$prefix${line#PASS }" ;;
+      "FAIL "*) fail "$prefix${line#FAIL }" ;;
+      "FIGURE "*) figure "$prefix${line#FIGURE }" ;;
+      *) printf '%s\n' "$line" ;;
     esac
   done
 }
@@ -61,6 +63,20 @@ secs() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]
 
 note() { echo "---- $*"; }                # a group of checks
 step() { printf '\n==> %s\n' "$*"; }      # a stage of a longer command
+
+# ---- files and ports -----------------------------------------------------------------------
+# copy_tree SRC DEST: the tracked and untracked, not ignored, files of the working tree at SRC
+# into DEST (created): what a commit would hold, without build output or logs.
+copy_tree() {
+  mkdir -p "$2" &&
+    (cd "$1" && git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf -) |
+    tar -C "$2" -xf -
+}
+
+# port_free PORT: nothing listens on 127.0.0.1:PORT.
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# free_port: a port on 127.0.0.1 that was free a moment ago (the kernel's choice).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # ---- clean-up ------------------------------------------------------------------------------
 # on_exit FUNC: run FUNC when the script exits, however it exits; a signal exits with 130,

@@ -185,19 +185,15 @@ nginx_figures() {
   figure "$1: nginx on $LOAD_NODE gave up on attempts (then tried another replica or answered 502/504): $(retries <"$WORK/nginx-$2.log")"
   figure "$1: nginx could not get a local port (connect() failed (99)): $(grep -c '(99: ' "$WORK/nginx-$2.log")"
 }
-# judge TAG LABEL [verify.py options]: verify.py's checks over every node's log files.
+# judge TAG LABEL [verify.py options]: scripts/multinode/verify.py's checks over every node's
+# log files, its lines counted as ours. (scripts/lb/lib.sh's verify is lb/verify.py's, for one
+# log directory.)
 judge() {
   local tag=$1 label=$2 n args=()
   shift 2
   for n in "${NODES[@]}"; do args+=(--node "$n=${LOGDIR[$n]}"); done
-  verify "$WORK/load-$tag.json" "$tag" "$label" "${args[@]}" "$@"
-}
-# verify SUMMARY TAG LABEL ARGS...: verify.py's lines counted as ours.
-verify() {
-  local summary=$1 tag=$2 label=$3
-  shift 3
-  verdicts < <(python3 "$HERE/verify.py" "$summary" --tag "$tag" --label "$label" --client "$CLIENT" "$@" 2>&1 ||
-    echo "FAIL $label: verify.py failed")
+  verdicts < <(python3 "$HERE/verify.py" "$WORK/load-$tag.json" --tag "$tag" --label "$label" \
+    --client "$CLIENT" "${args[@]}" "$@" 2>&1 || echo "FAIL $label: verify.py failed")
 }
 
 # plan_drain: chooses the node phase 2 drains (DRAIN), the node paused meanwhile (PAUSE, maybe
@@ -386,7 +382,7 @@ stop_load drain
 # shellcheck disable=SC2086
 codes=$(exit_codes $drained_tasks)
 check "the drained node's $(wc -w <<<"$drained_tasks") task(s) exited 0 after draining ($codes)" \
-  [ -n "$codes" ] && [ "$codes" = "$(wc -w <<<"$drained_tasks")x0" ]
+  [ "$codes" = "$(wc -w <<<"$drained_tasks")x0" ]
 figure "phase 2: drain of $DRAIN ($(wc -w <<<"$drained_tasks") tasks): tasks elsewhere after ${t_moved:-?}s, its tasks stopped after ${t_stopped:-?}s; tasks now: $(counts)"
 nginx_figures "phase 2" drain
 judge drain "phase 2 (drain)"

@@ -105,12 +105,11 @@ cleanup() {
     done
   fi
   [ -n "${SHIP_KEEP:-}" ] || rm -rf "$WORK"
-  exit "$rc"
+  exit_with_report "$rc"
 }
 on_exit cleanup
 
 not() { ! "$@"; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # ---- PostgreSQL: a private cluster on 127.0.0.1 ---------------------------------------------
 PG_PORT=$(free_port)
@@ -210,19 +209,13 @@ accepted() { python3 -c 'import json,sys,urllib.request; print(json.load(urllib.
 acked_count() { python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["acked"]))' "$1"; }
 # judge PREFIX VERIFY_ARGS...: runs scripts/shipping/verify.py and counts its PASS and FAIL
 # lines as checks of this script; a verifier that exits non-zero without a FAIL is one too.
+# (It exits 1 after a FAIL of its own, so `|| echo FAIL` would count that failure twice.)
 judge() {
-  local prefix=$1 rc=0 line fails=0
+  local prefix=$1 rc=0 failed_before=$failed
   shift
   python3 "$REPO/scripts/shipping/verify.py" "$@" >"$WORK/verify.out" 2>&1 || rc=$?
-  while IFS= read -r line; do
-    case $line in
-      PASS\ *) pass "$prefix${line#PASS }" ;;
-      FAIL\ *) fail "$prefix${line#FAIL }"; fails=$((fails + 1)) ;;
-      FIGURE\ *) figure "$prefix${line#FIGURE }" ;;
-      *) echo "$line" ;;
-    esac
-  done <"$WORK/verify.out"
-  if [ "$rc" -ne 0 ] && [ "$fails" -eq 0 ]; then fail "${prefix}verify.py $1 exited $rc"; fi
+  verdicts "$prefix" <"$WORK/verify.out"
+  if [ "$rc" -ne 0 ] && [ "$failed" -eq "$failed_before" ]; then fail "${prefix}verify.py $1 exited $rc"; fi
 }
 
 # ---- 1. at least once -------------------------------------------------------------------------
@@ -391,5 +384,3 @@ else
 fi
 
 figure "cost: $((SECONDS - started))s in all"
-report_checks
-[ "$failed" -eq 0 ]

@@ -54,10 +54,6 @@ export SOURCE_DATE_EPOCH
 # toolchain and the same cargo-auditable: cargo hashes the path of the rustc wrapper into
 # symbol names, which decide the code's layout.
 note "reproducible build ($TARGET, cargo auditable build --release --locked)"
-copy_tree() { # copy_tree DIR: the tracked and untracked, not ignored, files of the working tree
-  mkdir -p "$1" && git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - |
-    tar -C "$1" -xf -
-}
 build_in() { # build_in SRC CARGO_HOME: fetch, then build; the binary is SRC/target/$TARGET/release/api
   local src=$1 home=$2 t0
   mkdir -p "$home"
@@ -78,7 +74,7 @@ if ! have auditable; then
 elif ! rustup target list --installed 2>/dev/null | grep -qx "$TARGET"; then
   skip "reproducible build: no $TARGET target (rustup target add $TARGET)"
 else
-  copy_tree "$WORK/one/api" && copy_tree "$WORK/two/nested/elsewhere"
+  copy_tree "$REPO" "$WORK/one/api" && copy_tree "$REPO" "$WORK/two/nested/elsewhere"
   if build_in "$WORK/one/api" "$WORK/cargo-home" && build_in "$WORK/two/nested/elsewhere" "$WORK/two/home/.cargo"; then
     sha1=$(sha256sum "$bin1" | cut -d' ' -f1) sha2=$(sha256sum "$bin2" | cut -d' ' -f1)
     figure "binary: $(stat -c %s "$bin1") bytes, sha256 $sha1"
@@ -117,7 +113,7 @@ if ! have cyclonedx; then
 else
   mkdir -p "$SBOM_DIR"
   # cargo cyclonedx writes next to Cargo.toml: run it in a copy of the tree.
-  [ -d "$WORK/one/api" ] || copy_tree "$WORK/one/api"
+  [ -d "$WORK/one/api" ] || copy_tree "$REPO" "$WORK/one/api"
   for platform in "${PLATFORMS[@]}"; do
     bom=$SBOM_DIR/api-$platform.cdx.json
     if (cd "$WORK/one/api" && CARGO_NET_OFFLINE=true cargo cyclonedx --quiet --target "$platform" \

@@ -1,5 +1,6 @@
-# Helpers shared by scripts/swarm-test.sh, scripts/lb-test.sh and scripts/multinode-test.sh,
-# after scripts/lib.sh:
+# Helpers for the tests of the service behind nginx: verify for scripts/swarm-test.sh and
+# scripts/lb-test.sh; retries for those and scripts/multinode-test.sh, which has a verifier of
+# its own (scripts/multinode/verify.py). Source it after scripts/lib.sh:
 #   . "$(dirname "${BASH_SOURCE[0]}")/lb/lib.sh"
 # shellcheck shell=bash
 
