@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::ids::IdGen;
 use crate::logging::Sink;
 use crate::metrics::Metrics;
@@ -18,7 +18,6 @@ pub struct App {
     pub(crate) cfg: Config,
     pub(crate) sink: Sink,
     pub(crate) ids: IdGen,
-    pub(crate) hostname: &'static str,
     pub(crate) started_at: OffsetDateTime,
     pub(crate) started: Instant,
     /// Requests answered, for `GET /`.
@@ -104,7 +103,6 @@ impl App {
             cfg,
             sink,
             ids: IdGen::new(),
-            hostname: config::hostname(),
             started_at: OffsetDateTime::now_utc(),
             started: Instant::now(),
             requests: AtomicU64::new(0),

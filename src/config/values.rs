@@ -41,18 +41,19 @@ pub(super) fn duration_or_zero(s: &str) -> Result<Duration, ()> {
 /// `250ms`, `10s`, `2m`, or a bare number of seconds; zero is refused (use
 /// [`duration_or_zero`] where it means "none").
 pub(super) fn duration(s: &str) -> Result<Duration, ()> {
+    scaled(s, &[("ms", 0.001), ("s", 1.0), ("m", 60.0)], 86_400.0)
+}
+
+/// A number of seconds, or of the first of `units` (suffix, seconds each) it ends with; above
+/// zero and at most `max_secs`.
+fn scaled(s: &str, units: &[(&str, f64)], max_secs: f64) -> Result<Duration, ()> {
     let s = s.trim();
-    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (s, 1.0)
-    };
-    let secs = num.parse::<f64>().map_err(drop)? * scale;
-    if secs.is_finite() && secs > 0.0 && secs <= 86_400.0 {
+    let (num, scale) = units
+        .iter()
+        .find_map(|&(unit, scale)| s.strip_suffix(unit).map(|n| (n, scale)))
+        .unwrap_or((s, 1.0));
+    let secs = num.trim().parse::<f64>().map_err(drop)? * scale;
+    if secs.is_finite() && secs > 0.0 && secs <= max_secs {
         Ok(Duration::from_secs_f64(secs))
     } else {
         Err(())
@@ -95,20 +96,8 @@ pub(super) fn size(s: &str) -> Result<u64, ()> {
 /// A duration that may run to days: `90s`, `30m`, `12h`, `7d`, or a bare number of seconds;
 /// above zero, at most ten years.
 pub(super) fn age(s: &str) -> Result<Duration, ()> {
-    let s = s.trim();
-    let (num, scale) = match s.char_indices().last() {
-        Some((i, 's')) => (&s[..i], 1.0),
-        Some((i, 'm')) => (&s[..i], 60.0),
-        Some((i, 'h')) => (&s[..i], 3_600.0),
-        Some((i, 'd')) => (&s[..i], 86_400.0),
-        _ => (s, 1.0),
-    };
-    let secs = num.trim().parse::<f64>().map_err(drop)? * scale;
-    if secs.is_finite() && secs > 0.0 && secs <= 3_650.0 * 86_400.0 {
-        Ok(Duration::from_secs_f64(secs))
-    } else {
-        Err(())
-    }
+    let units = [("s", 1.0), ("m", 60.0), ("h", 3_600.0), ("d", 86_400.0)];
+    scaled(s, &units, 3_650.0 * 86_400.0)
 }
 
 /// An IP network (`10.0.0.0/8`, `::1/128`); a bare address is a /32 or /128.

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use super::ROUTES;
 use super::body::{self, Body};
 use crate::app::App;
+use crate::config;
 use crate::logging::json;
 
 /// `GET /`: who this is and how it is doing.
@@ -27,7 +28,7 @@ pub(super) fn get(app: &App) -> Response<Body> {
         &json!({
             "service": env!("CARGO_PKG_NAME"),
             "version": env!("CARGO_PKG_VERSION"),
-            "hostname": app.hostname,
+            "hostname": config::hostname(),
             "started_at": String::from_utf8_lossy(&started_at),
             "uptime_seconds": app.started.elapsed().as_secs(),
             "requests_served": app.requests.load(Ordering::Relaxed) + 1,
