@@ -6,7 +6,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::kit::{self, Conn, HANG};
-use crate::support::start_server_with;
+use crate::support::{TempDir, spawn_api, start_server_with};
 
 /// The samples of one exposition, by series (`name{labels}`), failing the test on a line
 /// that is neither a comment nor `series value`.
@@ -123,19 +123,34 @@ async fn openmetrics_when_asked() {
     );
 }
 
-/// The metrics port serves only GET and HEAD /metrics (404 elsewhere, 405 with `Allow` for
-/// other methods), and without METRICS_PORT there is no listener and nothing is counted.
+/// The metrics port answers GET /metrics 200 and HEAD /metrics 200 with an empty body, 404
+/// elsewhere and 405 with `Allow: GET, HEAD` to other methods; the binary started with
+/// METRICS_PORT logs "metrics listening", started without it does not, and its API port
+/// answers /metrics 404.
 #[tokio::test]
 async fn metrics_port_serves_only_metrics() {
     let srv = start_server_with(&[("METRICS_PORT", "0")]).await;
     let metrics = srv.metrics.unwrap();
+    assert_eq!(kit::get(metrics, "/metrics").await.status, 200);
+    let head = kit::request(metrics, "HEAD", "/metrics", &[], b"").await;
+    assert_eq!((head.status, head.body.len()), (200, 0));
     assert_eq!(kit::get(metrics, "/").await.status, 404);
     assert_eq!(kit::get(metrics, "/health").await.status, 404);
     let r = kit::request(metrics, "POST", "/metrics", &[], b"").await;
     assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD")));
-    let off = start_server_with(&[]).await;
-    assert!(off.metrics.is_none());
-    assert_eq!(kit::get(off.addr, "/metrics").await.status, 404);
+
+    for (env, listens) in [(&[("METRICS_PORT", "0")][..], true), (&[][..], false)] {
+        let dir = TempDir::new();
+        let mut api = spawn_api(&dir.0, env);
+        assert_eq!(kit::get(api.addr, "/metrics").await.status, 404);
+        api.signal("TERM");
+        assert_eq!(api.wait_exit(HANG), Some(0));
+        let logged = api.stderr().lines().any(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .is_ok_and(|r| r["msg"] == "metrics listening")
+        });
+        assert_eq!(logged, listens, "METRICS_PORT set: {listens}");
+    }
 }
 
 /// With every API slot held by connections that cannot be evicted (slow bodies in progress),
