@@ -21,8 +21,14 @@ fn samples(text: &str) -> HashMap<String, f64> {
         .collect()
 }
 
+/// `GET /metrics` on the metrics listener at `addr`, with `Accept: accept`.
 async fn scrape(addr: SocketAddr, accept: &str) -> kit::Resp {
     kit::request(addr, "GET", "/metrics", &[("Accept", accept)], b"").await
+}
+
+/// The samples of one text-format scrape of `addr` (see [`samples`]).
+async fn scrape_samples(addr: SocketAddr) -> HashMap<String, f64> {
+    samples(&String::from_utf8(scrape(addr, "text/plain").await.body).unwrap())
 }
 
 /// Every answered request is counted once, by route, method and code, and its duration is in
@@ -179,7 +185,7 @@ async fn metrics_and_api_do_not_share_slots() {
     // Scraped while the API is full; the two connections are open once their heads are in.
     let mut open = 0.0;
     for _ in 0..200 {
-        let s = samples(&String::from_utf8(scrape(metrics, "text/plain").await.body).unwrap());
+        let s = scrape_samples(metrics).await;
         assert_eq!(s["api_connections_max"], 2.0);
         open = s["api_connections_open"];
         if open == 2.0 {
@@ -218,7 +224,7 @@ async fn log_metrics_follow_the_file() {
         assert_eq!(r.status, 201);
     }
     srv.records().await; // everything buffered is in a file
-    let s = samples(&String::from_utf8(scrape(metrics, "text/plain").await.body).unwrap());
+    let s = scrape_samples(metrics).await;
     assert_eq!(s["api_log_batch_events_sum"], 60.0);
     assert!(s["api_log_batch_events_count"] >= 1.0);
     assert!(s["api_event_sync_duration_seconds_count"] >= 1.0);
@@ -263,7 +269,7 @@ async fn a_full_disk_shows_in_the_metrics() {
         assert_eq!(r.status, 201);
     }
     assert_eq!(refused, 1, "the disk fills within 100 events of 3 KiB");
-    let s = samples(&String::from_utf8(scrape(metrics, "text/plain").await.body).unwrap());
+    let s = scrape_samples(metrics).await;
     assert_eq!(s["api_log_ready"], 0.0);
     assert!(s[r#"api_log_write_failures_total{reason="disk_full"}"#] >= 1.0);
     assert_eq!(s[r#"api_log_write_failures_total{reason="other"}"#], 0.0);
