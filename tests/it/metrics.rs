@@ -160,8 +160,9 @@ async fn metrics_port_serves_only_metrics() {
 }
 
 /// With every API slot held by connections that cannot be evicted (slow bodies in progress),
-/// the metrics port still answers, and says so: the cap, the open connections and the time
-/// at the cap. Holding every metrics slot in turn does not stop the API.
+/// the metrics port still answers, and says so: the cap, the open connections equal to it,
+/// and, after a while at the cap, more than zero seconds at the cap. Holding every metrics
+/// slot in turn does not stop the API.
 #[tokio::test]
 async fn metrics_and_api_do_not_share_slots() {
     let srv = start_server_with(&[
@@ -194,6 +195,13 @@ async fn metrics_and_api_do_not_share_slots() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(open, 2.0, "the API's slots are all held");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let s = scrape_samples(metrics).await;
+    assert_eq!(s["api_connections_open"], 2.0, "the slots are still held");
+    assert!(
+        s["api_connections_at_cap_seconds_total"] > 0.0,
+        "time at the cap is counted while the slots are held"
+    );
     drop(held);
 
     // Now the other way round: every metrics slot held by silent connections.
