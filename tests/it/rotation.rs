@@ -681,57 +681,6 @@ async fn get_root_reports_the_log_headroom() {
     }
 }
 
-/// The kubelet's probes (`User-Agent: kube-probe/…`) of `/` and `/health` are access-logged at
-/// debug, not info; the same agent on any other request is logged as usual, so it cannot
-/// hide anything.
-#[tokio::test]
-async fn kubelet_probes_are_quiet_unless_debug() {
-    for (level, probes) in [("info", 0), ("debug", 3)] {
-        let srv = support::start_server_with(&[("LOG_LEVEL", level)]).await;
-        let ua = [("User-Agent", "kube-probe/1.32")];
-        for (method, path, status) in [
-            ("GET", "/health", 200),
-            ("GET", "/", 200),
-            ("HEAD", "/", 200),
-        ] {
-            assert_eq!(
-                kit::request(srv.addr, method, path, &ua, b"").await.status,
-                status
-            );
-        }
-        assert_eq!(
-            kit::request(srv.addr, "GET", "/nope", &ua, b"")
-                .await
-                .status,
-            404
-        );
-        let posted = kit::request(
-            srv.addr,
-            "POST",
-            "/events",
-            &[
-                ("User-Agent", "kube-probe/1.32"),
-                ("Content-Type", "application/json"),
-            ],
-            br#"{"type":"probe.post"}"#,
-        )
-        .await;
-        assert_eq!(posted.status, 201);
-        let records = srv.records().await;
-        let access: Vec<&Value> = with_msg(&records, "access")
-            .into_iter()
-            .filter(|r| r["user_agent"] == "kube-probe/1.32")
-            .collect();
-        let on_probe_routes = access
-            .iter()
-            .filter(|r| r["path"] == "/" || r["path"] == "/health")
-            .count();
-        assert_eq!(on_probe_routes, probes, "LOG_LEVEL={level}: {access:?}");
-        assert!(access.iter().any(|r| r["path"] == "/nope"), "{level}");
-        assert!(access.iter().any(|r| r["path"] == "/events"), "{level}");
-    }
-}
-
 /// With `EVENT_SYNC=data`, an event written into the file a rotation just started is
 /// answered only after the directory holding the new file's entry was synced: in the
 /// syscalls, the rename that puts the new file in place, then an `fsync` of the log
