@@ -175,13 +175,7 @@ async fn metrics_and_api_do_not_share_slots() {
     // Two POSTs whose bodies never finish: requests in progress, never evicted.
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut c = Conn::open(srv.addr).await.unwrap();
-        c.io.write_all(
-            b"POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
-        )
-        .await
-        .unwrap();
-        held.push(c);
+        held.push(kit::partial_post(srv.addr, r#"{"type":"held"}"#).await);
     }
     // Scraped while the API is full; the two connections are open once their heads are in.
     let mut open = 0.0;
