@@ -687,7 +687,9 @@ async fn get_root_reports_the_log_headroom() {
 /// directory that succeeds, then the `201`. (And the full file was synced before the rename.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_sync_data_syncs_the_new_directory_entry_before_answering() {
-    let Some(strace) = events::strace() else {
+    let Some(strace) =
+        events::strace("event_sync_data_syncs_the_new_directory_entry_before_answering")
+    else {
         return;
     };
     let dir = TempDir::new();
