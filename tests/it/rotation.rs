@@ -323,8 +323,9 @@ fn used(dir: &Path) -> u64 {
 /// `LOG_MAX_BYTES=128KiB` and `LOG_KEEP=3` the files never take more than (3 + 1) x 128 KiB,
 /// every event is answered 201 and kept (the last files' in the files, the rest deleted
 /// with their rotation logged), and `/health` answers 200 all along. With rotation off, the
-/// same traffic fills the volume and the service does what it always did on a full disk:
-/// 503 with the reason, `/health` 503, no torn line, every 201 in the file.
+/// same traffic fills the volume: every event is answered 201 or 503 and some 503, `/health`
+/// answers 503 with "disk full" as the reason, no line is torn, and the file holds exactly
+/// the events answered 201.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_volume_never_fills_with_rotation_on() {
     let dir = TempDir::new();
@@ -427,7 +428,7 @@ async fn a_small_volume_never_fills_with_rotation_on() {
     );
     drop(fs);
 
-    // Rotation off: the disk fills, as it always did.
+    // Rotation off: the disk fills.
     let mnt = dir.0.join("small-off");
     let _fs = Tmpfs::mount(&mnt, "size=1m,mode=0755");
     let log = mnt.join("api.log");
@@ -581,8 +582,8 @@ async fn retention_deletes_what_gone_replicas_left_but_never_a_live_file() {
 
 /// Two processes, one file: while one rotates the file, a second one, rotating or not,
 /// refuses to start with exit 1 and one line naming the file and the fix; the first goes on
-/// undisturbed. Processes that only append share a file as before, and then a rotating one
-/// refuses in turn.
+/// undisturbed. Two processes that only append share a file, each answering its event 201,
+/// and a rotating one then refuses to start on it (exit 1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_process_on_a_rotated_file_refuses_to_start() {
     const REFUSE: &str = "it started on a file it must not write";
