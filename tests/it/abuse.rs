@@ -134,18 +134,10 @@ async fn a_flood_past_the_cap_waits_and_the_cap_holds() {
     let base_sockets = settle_sockets(pid, None).await;
     let base_rss = support::status_field(pid, "VmRSS");
 
-    let body = br#"{"type":"held","data":"......................"}"#;
+    let body = r#"{"type":"held","data":"......................"}"#;
     let mut holders = Vec::new();
     for _ in 0..8 {
-        let mut c = Conn::open(addr).await.unwrap();
-        let head = format!(
-            "POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\n\r\n",
-            body.len()
-        );
-        c.io.write_all(head.as_bytes()).await.unwrap();
-        c.io.write_all(&body[..1]).await.unwrap();
-        holders.push(c);
+        holders.push(kit::partial_post(addr, body).await);
     }
     let mut flood = JoinSet::new();
     for _ in 0..200 {
@@ -163,7 +155,9 @@ async fn a_flood_past_the_cap_waits_and_the_cap_holds() {
     let mut peak = 0;
     for round in 1..=10 {
         for h in holders.iter_mut() {
-            h.io.write_all(&body[round..=round]).await.unwrap();
+            h.io.write_all(&body.as_bytes()[round..=round])
+                .await
+                .unwrap();
         }
         peak = peak.max(support::fds(pid).1 - base_sockets);
         assert!(
@@ -177,7 +171,7 @@ async fn a_flood_past_the_cap_waits_and_the_cap_holds() {
         "a flood connection was answered past the cap"
     );
     for (i, h) in holders.iter_mut().enumerate() {
-        h.io.write_all(&body[11..]).await.unwrap();
+        h.io.write_all(&body.as_bytes()[11..]).await.unwrap();
         assert_eq!(h.next(HANG).await.token(), "201", "holder {i}");
     }
 

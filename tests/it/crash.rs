@@ -395,26 +395,21 @@ async fn sigterm_under_load_completes_accepted_requests_and_flushes() {
 pub(crate) struct Tmpfs(PathBuf);
 
 impl Tmpfs {
+    /// Mounts a tmpfs, or panics saying why it could not (no root, no CAP_SYS_ADMIN).
     pub(crate) fn mount(dir: &Path, options: &str) -> Tmpfs {
-        Tmpfs::try_mount(dir, options).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// Mounts a tmpfs, or says why it could not (no root, no CAP_SYS_ADMIN).
-    pub(crate) fn try_mount(dir: &Path, options: &str) -> Result<Tmpfs, String> {
         std::fs::create_dir_all(dir).unwrap();
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", options, "tmpfs"])
             .arg(dir)
             .output()
             .expect("mount(8) runs");
-        if !out.status.success() {
-            return Err(format!(
-                "cannot mount a tmpfs ({options}) at {}: {}; this test needs root (CAP_SYS_ADMIN), as CI has",
-                dir.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(Tmpfs(dir.to_path_buf()))
+        assert!(
+            out.status.success(),
+            "cannot mount a tmpfs ({options}) at {}: {}; this test needs root (CAP_SYS_ADMIN), as CI has",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Tmpfs(dir.to_path_buf())
     }
 }
 

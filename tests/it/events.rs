@@ -284,8 +284,9 @@ async fn every_response_says_no_store_and_nosniff() {
 
 // ---- EVENT_SYNC=data, seen in the syscalls ------------------------------------------------
 
-/// strace, or why the test cannot run: under `CI=true` a missing strace fails the test.
-pub(crate) fn strace() -> Option<&'static str> {
+/// strace for the test named `test`, or `None` after a note that it did not run: under
+/// `CI=true` a missing strace fails the test instead.
+pub(crate) fn strace(test: &str) -> Option<&'static str> {
     let found = std::process::Command::new("strace")
         .arg("-V")
         .output()
@@ -295,9 +296,9 @@ pub(crate) fn strace() -> Option<&'static str> {
     }
     assert!(
         std::env::var("CI").as_deref() != Ok("true"),
-        "strace is required in CI (apt-get install strace)"
+        "strace is required in CI (apt-get install strace); {test} cannot run without it"
     );
-    eprintln!("NOTE: strace not installed; the syscall-order test did NOT RUN");
+    eprintln!("NOTE: strace not installed; {test} did NOT RUN");
     None
 }
 
@@ -416,7 +417,9 @@ pub(crate) fn ends_at(trace: &[String], start: usize) -> usize {
 /// modes apart).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_sync_data_writes_then_syncs_then_answers() {
-    let Some(strace) = strace() else { return };
+    let Some(strace) = strace("event_sync_data_writes_then_syncs_then_answers") else {
+        return;
+    };
     for mode in ["data", "none"] {
         let trace = trace_one_event(strace, mode).await;
         let find = |from: usize, pred: &dyn Fn(&str) -> bool, what: &str| {

@@ -226,6 +226,18 @@ pub fn event_request(body: &str, extra: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A new connection that sends a POST /events head for `body` and only the body's first
+/// byte: a request in progress until the connection is dropped or BODY_TIMEOUT cuts it.
+pub async fn partial_post(addr: SocketAddr, body: &str) -> Conn<TcpStream> {
+    let mut c = Conn::open(addr)
+        .await
+        .expect("the backlog takes the connection");
+    let mut bytes = event_request(body, "");
+    bytes.truncate(bytes.len() - body.len() + 1);
+    c.io.write_all(&bytes).await.expect("the head is sent");
+    c
+}
+
 /// `GET /health`, keep-alive.
 pub const HEALTH: &[u8] = b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n";
 

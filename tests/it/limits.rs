@@ -159,11 +159,7 @@ async fn connection_cap_makes_clients_wait() {
     let srv = start_server_with(&[("MAX_CONNECTIONS", "2")]).await;
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut s = Conn::open(srv.addr).await.unwrap();
-        let head = "POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
-                    Content-Length: 12\r\n\r\n{\"type\"";
-        s.io.write_all(head.as_bytes()).await.unwrap();
-        held.push(s);
+        held.push(partial_post(srv.addr, r#"{"type":"held"}"#).await);
     }
     let waiting = tokio::spawn(async move { get(srv.addr, "/health").await.status });
     tokio::time::sleep(Duration::from_millis(300)).await;

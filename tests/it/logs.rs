@@ -148,23 +148,63 @@ async fn unwritable_log_is_503_and_recovers() {
     );
 }
 
-/// `--healthcheck` probes are not access-logged at the default level, but are at debug.
+/// Probes are access-logged at debug, not info: `--healthcheck`'s (`api-healthcheck/…`) of
+/// `/health`, and the kubelet's (`kube-probe/…`) of `/` and `/health`; the kubelet's agent on
+/// any other request is logged as usual, so it cannot hide anything.
 #[tokio::test]
 async fn probe_requests_are_quiet_unless_debug() {
-    for (level, expected) in [("info", 0), ("debug", 1)] {
+    for (level, healthchecks, kubelet_probes) in [("info", 0, 0), ("debug", 1, 3)] {
         let srv = start_server_with(&[("LOG_LEVEL", level)]).await;
         let ua = [("User-Agent", "api-healthcheck/0.1.0")];
         assert_eq!(
             request(srv.addr, "GET", "/health", &ua, b"").await.status,
             200
         );
-        let probes = srv
-            .records()
-            .await
+        let kube = [("User-Agent", "kube-probe/1.32")];
+        for (method, path, status) in [
+            ("GET", "/health", 200),
+            ("GET", "/", 200),
+            ("HEAD", "/", 200),
+            ("GET", "/nope", 404),
+        ] {
+            assert_eq!(
+                request(srv.addr, method, path, &kube, b"").await.status,
+                status
+            );
+        }
+        let posted = request(
+            srv.addr,
+            "POST",
+            "/events",
+            &[
+                ("User-Agent", "kube-probe/1.32"),
+                ("Content-Type", "application/json"),
+            ],
+            br#"{"type":"probe.post"}"#,
+        )
+        .await;
+        assert_eq!(posted.status, 201);
+
+        let records = srv.records().await;
+        let probes = records
             .iter()
             .filter(|r| r["user_agent"] == "api-healthcheck/0.1.0")
             .count();
-        assert_eq!(probes, expected, "LOG_LEVEL={level}");
+        assert_eq!(probes, healthchecks, "LOG_LEVEL={level}");
+        let access: Vec<&Value> = records
+            .iter()
+            .filter(|r| r["msg"] == "access" && r["user_agent"] == "kube-probe/1.32")
+            .collect();
+        let on_probe_routes = access
+            .iter()
+            .filter(|r| r["path"] == "/" || r["path"] == "/health")
+            .count();
+        assert_eq!(
+            on_probe_routes, kubelet_probes,
+            "LOG_LEVEL={level}: {access:?}"
+        );
+        assert!(access.iter().any(|r| r["path"] == "/nope"), "{level}");
+        assert!(access.iter().any(|r| r["path"] == "/events"), "{level}");
     }
 }
 

@@ -6,7 +6,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::kit::{self, Conn, HANG};
-use crate::support::start_server_with;
+use crate::support::{TempDir, spawn_api, start_server_with};
 
 /// The samples of one exposition, by series (`name{labels}`), failing the test on a line
 /// that is neither a comment nor `series value`.
@@ -21,8 +21,14 @@ fn samples(text: &str) -> HashMap<String, f64> {
         .collect()
 }
 
+/// `GET /metrics` on the metrics listener at `addr`, with `Accept: accept`.
 async fn scrape(addr: SocketAddr, accept: &str) -> kit::Resp {
     kit::request(addr, "GET", "/metrics", &[("Accept", accept)], b"").await
+}
+
+/// The samples of one text-format scrape of `addr` (see [`samples`]).
+async fn scrape_samples(addr: SocketAddr) -> HashMap<String, f64> {
+    samples(&String::from_utf8(scrape(addr, "text/plain").await.body).unwrap())
 }
 
 /// Every answered request is counted once, by route, method and code, and its duration is in
@@ -123,24 +129,40 @@ async fn openmetrics_when_asked() {
     );
 }
 
-/// The metrics port serves only GET and HEAD /metrics (404 elsewhere, 405 with `Allow` for
-/// other methods), and without METRICS_PORT there is no listener and nothing is counted.
+/// The metrics port answers GET /metrics 200 and HEAD /metrics 200 with an empty body, 404
+/// elsewhere and 405 with `Allow: GET, HEAD` to other methods; the binary started with
+/// METRICS_PORT logs "metrics listening", started without it does not, and its API port
+/// answers /metrics 404.
 #[tokio::test]
 async fn metrics_port_serves_only_metrics() {
     let srv = start_server_with(&[("METRICS_PORT", "0")]).await;
     let metrics = srv.metrics.unwrap();
+    assert_eq!(kit::get(metrics, "/metrics").await.status, 200);
+    let head = kit::request(metrics, "HEAD", "/metrics", &[], b"").await;
+    assert_eq!((head.status, head.body.len()), (200, 0));
     assert_eq!(kit::get(metrics, "/").await.status, 404);
     assert_eq!(kit::get(metrics, "/health").await.status, 404);
     let r = kit::request(metrics, "POST", "/metrics", &[], b"").await;
     assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD")));
-    let off = start_server_with(&[]).await;
-    assert!(off.metrics.is_none());
-    assert_eq!(kit::get(off.addr, "/metrics").await.status, 404);
+
+    for (env, listens) in [(&[("METRICS_PORT", "0")][..], true), (&[][..], false)] {
+        let dir = TempDir::new();
+        let mut api = spawn_api(&dir.0, env);
+        assert_eq!(kit::get(api.addr, "/metrics").await.status, 404);
+        api.signal("TERM");
+        assert_eq!(api.wait_exit(HANG), Some(0));
+        let logged = api.stderr().lines().any(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .is_ok_and(|r| r["msg"] == "metrics listening")
+        });
+        assert_eq!(logged, listens, "METRICS_PORT set: {listens}");
+    }
 }
 
 /// With every API slot held by connections that cannot be evicted (slow bodies in progress),
-/// the metrics port still answers, and says so: the cap, the open connections and the time
-/// at the cap. Holding every metrics slot in turn does not stop the API.
+/// the metrics port still answers, and says so: the cap, the open connections equal to it,
+/// and, after a while at the cap, more than zero seconds at the cap. Holding every metrics
+/// slot in turn does not stop the API.
 #[tokio::test]
 async fn metrics_and_api_do_not_share_slots() {
     let srv = start_server_with(&[
@@ -153,18 +175,12 @@ async fn metrics_and_api_do_not_share_slots() {
     // Two POSTs whose bodies never finish: requests in progress, never evicted.
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut c = Conn::open(srv.addr).await.unwrap();
-        c.io.write_all(
-            b"POST /events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
-        )
-        .await
-        .unwrap();
-        held.push(c);
+        held.push(kit::partial_post(srv.addr, r#"{"type":"held"}"#).await);
     }
     // Scraped while the API is full; the two connections are open once their heads are in.
     let mut open = 0.0;
     for _ in 0..200 {
-        let s = samples(&String::from_utf8(scrape(metrics, "text/plain").await.body).unwrap());
+        let s = scrape_samples(metrics).await;
         assert_eq!(s["api_connections_max"], 2.0);
         open = s["api_connections_open"];
         if open == 2.0 {
@@ -173,6 +189,13 @@ async fn metrics_and_api_do_not_share_slots() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(open, 2.0, "the API's slots are all held");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let s = scrape_samples(metrics).await;
+    assert_eq!(s["api_connections_open"], 2.0, "the slots are still held");
+    assert!(
+        s["api_connections_at_cap_seconds_total"] > 0.0,
+        "time at the cap is counted while the slots are held"
+    );
     drop(held);
 
     // Now the other way round: every metrics slot held by silent connections.
@@ -203,7 +226,7 @@ async fn log_metrics_follow_the_file() {
         assert_eq!(r.status, 201);
     }
     srv.records().await; // everything buffered is in a file
-    let s = samples(&String::from_utf8(scrape(metrics, "text/plain").await.body).unwrap());
+    let s = scrape_samples(metrics).await;
     assert_eq!(s["api_log_batch_events_sum"], 60.0);
     assert!(s["api_log_batch_events_count"] >= 1.0);
     assert!(s["api_event_sync_duration_seconds_count"] >= 1.0);
@@ -248,7 +271,7 @@ async fn a_full_disk_shows_in_the_metrics() {
         assert_eq!(r.status, 201);
     }
     assert_eq!(refused, 1, "the disk fills within 100 events of 3 KiB");
-    let s = samples(&String::from_utf8(scrape(metrics, "text/plain").await.body).unwrap());
+    let s = scrape_samples(metrics).await;
     assert_eq!(s["api_log_ready"], 0.0);
     assert!(s[r#"api_log_write_failures_total{reason="disk_full"}"#] >= 1.0);
     assert_eq!(s[r#"api_log_write_failures_total{reason="other"}"#], 0.0);

@@ -162,13 +162,9 @@ async fn keep_alive_client(
         let is_post = post && n % 2 == 0;
         let request = if is_post {
             let body = format!(r#"{{"type":"keep.alive","data":"{id}"}}"#);
-            format!(
-                "POST /events HTTP/1.1\r\nHost: t\r\nX-Request-Id: {id}\r\n\
-                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
+            kit::event_request(&body, &format!("X-Request-Id: {id}\r\n"))
         } else {
-            format!("GET /health HTTP/1.1\r\nHost: t\r\nX-Request-Id: {id}\r\n\r\n")
+            format!("GET /health HTTP/1.1\r\nHost: t\r\nX-Request-Id: {id}\r\n\r\n").into_bytes()
         };
         let reused = conn.is_some();
         let mut c = match conn.take() {
@@ -179,7 +175,7 @@ async fn keep_alive_client(
             Some(c) => c,
             None => Conn::open(addr).await.expect("the backlog takes it"),
         };
-        let next = match c.io.write_all(request.as_bytes()).await {
+        let next = match c.io.write_all(&request).await {
             Ok(()) => c.next(HANG).await,
             Err(_) => Next::Closed,
         };
